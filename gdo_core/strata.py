@@ -1,0 +1,177 @@
+"""The seven stratum fields of a QA (ALGORITHM.md §2), as scalar functions and polars expressions."""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from gdo_core.schema import BUCKET_IMAGE, STRATUM_FIELDS
+
+TOKEN_PATTERN = r"[A-Za-z0-9_]+"
+TEMPORAL_PATTERN = (
+    r"(?i)\b(before|after|then|while|during|first|next|finally|sequence|later|earlier|"
+    r"transition|happen)\b"
+)
+MCQ_PATTERN = r"(\bchoices?\b)|(\nA\.)|(\nA\))"
+MEDIA_TOKEN_PATTERN = r"<image>|<video>|<audio>"
+
+# Upper edges (inclusive) and labels; the last label takes everything above the last edge.
+DURATION_EDGES: tuple[tuple[int, str], ...] = (
+    (1, "image"),
+    (8, "very_short"),
+    (24, "short"),
+    (64, "medium"),
+    (160, "long"),
+)
+DURATION_TOP = "very_long"
+Q_LEN_EDGES: tuple[tuple[int, str], ...] = (
+    (6, "q_tiny"),
+    (14, "q_short"),
+    (30, "q_medium"),
+    (60, "q_long"),
+)
+Q_LEN_TOP = "q_very_long"
+A_LEN_EDGES: tuple[tuple[int, str], ...] = (
+    (2, "a_tiny"),
+    (8, "a_short"),
+    (24, "a_medium"),
+    (64, "a_long"),
+)
+A_LEN_TOP = "a_very_long"
+
+TEMPORAL, MIXED, STATIC = "Temporal", "Mixed", "Static"
+MCQ, OPEN = "MCQ", "Open"
+UNKNOWN_SOURCE = "unknown"
+SOURCE_GROUP_PARTS = 4
+
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_TEMPORAL_RE = re.compile(TEMPORAL_PATTERN)
+_MCQ_RE = re.compile(MCQ_PATTERN)
+_MEDIA_RE = re.compile(MEDIA_TOKEN_PATTERN)
+_SPACE_RE = re.compile(r"\s+")
+
+
+def clean_question(raw: str) -> str:
+    """User text with media tokens stripped and whitespace collapsed."""
+    return collapse_ws(_MEDIA_RE.sub(" ", raw))
+
+
+def collapse_ws(text: str) -> str:
+    """Whitespace runs collapsed to one space, ends stripped."""
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+def count_tokens(text: str) -> int:
+    """Number of `[A-Za-z0-9_]+` tokens in the lower-cased text."""
+    return len(_TOKEN_RE.findall(text.lower()))
+
+
+def _edge_label(value: int, edges: tuple[tuple[int, str], ...], top: str) -> str:
+    for upper, label in edges:
+        if value <= upper:
+            return label
+    return top
+
+
+def duration_bucket(n_frames: int) -> str:
+    """Duration bucket from the frame count after resampling."""
+    return _edge_label(n_frames, DURATION_EDGES, DURATION_TOP)
+
+
+def q_len_bucket(n_tokens: int) -> str:
+    """Question-length bucket from the question token count."""
+    return _edge_label(n_tokens, Q_LEN_EDGES, Q_LEN_TOP)
+
+
+def a_len_bucket(n_tokens: int) -> str:
+    """Answer-length bucket from the answer token count."""
+    return _edge_label(n_tokens, A_LEN_EDGES, A_LEN_TOP)
+
+
+def is_temporal_question(question: str) -> bool:
+    """Whether the question matches the temporal-cue regex."""
+    return _TEMPORAL_RE.search(question) is not None
+
+
+def temporal_category(bucket: str, question: str) -> str:
+    """Static for images; Temporal or Mixed for videos by the temporal regex."""
+    if bucket == BUCKET_IMAGE:
+        return STATIC
+    return TEMPORAL if is_temporal_question(question) else MIXED
+
+
+def question_form(user_text: str) -> str:
+    """MCQ or Open; pass the raw user text (the fix) or the collapsed one (published quirk)."""
+    return MCQ if _MCQ_RE.search(user_text) else OPEN
+
+
+def source_group(data_source: str | None) -> str:
+    """Group of a data_source: text before the first '(' or its first four '_' parts."""
+    source = (data_source or "").strip()
+    if not source:
+        return UNKNOWN_SOURCE
+    if "(" in source:
+        group = source.split("(", 1)[0].strip()
+    else:
+        group = "_".join(source.split("_")[:SOURCE_GROUP_PARTS])
+    return group or UNKNOWN_SOURCE
+
+
+def stratum_key(fields: dict[str, str]) -> str:
+    """The seven field values joined by '|'."""
+    return "|".join(fields[name] for name in STRATUM_FIELDS)
+
+
+# ---- vectorised forms over a polars frame -------------------------------------------------
+
+
+def _edge_expr(col: pl.Expr, edges: tuple[tuple[int, str], ...], top: str) -> pl.Expr:
+    expr = pl.when(col <= edges[0][0]).then(pl.lit(edges[0][1]))
+    for upper, label in edges[1:]:
+        expr = expr.when(col <= upper).then(pl.lit(label))
+    return expr.otherwise(pl.lit(top))
+
+
+def token_count_expr(col: str) -> pl.Expr:
+    """Vectorised `count_tokens` over a string column."""
+    return pl.col(col).str.to_lowercase().str.count_matches(TOKEN_PATTERN).cast(pl.Int32)
+
+
+def source_group_expr(col: str = "data_source") -> pl.Expr:
+    """Vectorised `source_group` over a string column."""
+    source = pl.col(col).fill_null("").str.strip_chars()
+    before_paren = source.str.split("(").list.first().str.strip_chars()
+    first_parts = source.str.split("_").list.head(SOURCE_GROUP_PARTS).list.join("_")
+    group = pl.when(source.str.contains("(", literal=True)).then(before_paren).otherwise(first_parts)
+    return pl.when(group == "").then(pl.lit(UNKNOWN_SOURCE)).otherwise(group)
+
+
+def with_stratum_fields(qa: pl.DataFrame, mcq_text_col: str = "user_text") -> pl.DataFrame:
+    """Add lengths, the seven stratum fields and `stratum` to a frame of parsed QAs.
+
+    Needs columns bucket, question, answer, n_frames, data_source and `mcq_text_col`
+    (the raw user text for the fix, the collapsed question for the published quirk).
+    """
+    is_image = pl.col("bucket") == BUCKET_IMAGE
+    temporal = pl.col("question").str.contains(TEMPORAL_PATTERN)
+    out = qa.with_columns(
+        question_len=token_count_expr("question"),
+        answer_len=token_count_expr("answer"),
+        duration_bucket=_edge_expr(pl.col("n_frames"), DURATION_EDGES, DURATION_TOP),
+        temporal_category=pl.when(is_image)
+        .then(pl.lit(STATIC))
+        .when(temporal)
+        .then(pl.lit(TEMPORAL))
+        .otherwise(pl.lit(MIXED)),
+        question_form=pl.when(pl.col(mcq_text_col).str.contains(MCQ_PATTERN))
+        .then(pl.lit(MCQ))
+        .otherwise(pl.lit(OPEN)),
+        source_group=source_group_expr("data_source"),
+    )
+    out = out.with_columns(
+        q_len_bucket=_edge_expr(pl.col("question_len"), Q_LEN_EDGES, Q_LEN_TOP),
+        a_len_bucket=_edge_expr(pl.col("answer_len"), A_LEN_EDGES, A_LEN_TOP),
+    )
+    return out.with_columns(stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|"))
+
