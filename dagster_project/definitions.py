@@ -1,0 +1,31 @@
+"""The gdo code location: assets, checks, jobs, sensors and resources in one Definitions."""
+
+from __future__ import annotations
+
+from dagster import Definitions, define_asset_job, in_process_executor, multiprocess_executor
+
+from gdo_assets.pool import (
+    candidate_pool,
+    observe_pool_job,
+    pool_chunk_sensor,
+    pool_files_source,
+    pool_profile,
+)
+from gdo_assets.project import GdoProject, project_from_env
+
+ingest_job = define_asset_job("ingest_pool", selection=[candidate_pool.key], tags={"gdo/stage": "pool"})
+profile_job = define_asset_job("profile_pool", selection=[pool_profile.key], tags={"gdo/stage": "pool"})
+
+
+def build_definitions(project: GdoProject | None = None, *, in_process: bool = False) -> Definitions:
+    """Definitions for one deployment; the resource comes from GDO_* environment variables by default."""
+    return Definitions(
+        assets=[pool_files_source, candidate_pool, pool_profile],
+        jobs=[observe_pool_job, ingest_job, profile_job],
+        sensors=[pool_chunk_sensor],
+        resources={"gdo": project or project_from_env()},
+        executor=in_process_executor if in_process else multiprocess_executor,
+    )
+
+
+defs = build_definitions()

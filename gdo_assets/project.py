@@ -1,0 +1,62 @@
+"""The project resource: where the pool files are and where gdo keeps its data."""
+
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from gdo_core.pool import DEFAULT_CHUNK_LINES, DEFAULT_TARGET_FRAMES, ParseOptions, PoolFile, pool_files
+
+
+class GdoProject(ConfigurableResource):
+    """Pool inputs and the project data folder (DuckDB file, Parquet partitions, outputs)."""
+
+    data_dir: str = Field(default=".gdo", description="Project data folder.")
+    onevision: list[str] = Field(default_factory=list, description="Image pool files (LLaVA-OneVision style).")
+    video: list[str] = Field(default_factory=list, description="Video pool files (LLaVA-Video style).")
+    chunk_lines: int = Field(default=DEFAULT_CHUNK_LINES, description="Lines per pool chunk partition.")
+    target_frames: int = Field(default=DEFAULT_TARGET_FRAMES, description="Frames kept per video QA.")
+    media_root: str | None = Field(default=None, description="Root of relative media paths (default: the pool file's folder).")
+
+    @property
+    def root(self) -> Path:
+        """The data folder as an absolute path."""
+        return Path(self.data_dir).resolve()
+
+    def pool_files(self) -> list[PoolFile]:
+        """The configured pool files (checked to exist)."""
+        return pool_files([Path(p) for p in self.onevision], [Path(p) for p in self.video])
+
+    def pool_file(self, name: str) -> PoolFile:
+        """The pool file whose partition-key name is `name`."""
+        for pool in self.pool_files():
+            if pool.pool_name == name:
+                return pool
+        raise ValueError(f"no configured pool file is named {name!r} (partition keys are <pool>-<chunk>)")
+
+    def parse_options(self, pool: PoolFile) -> ParseOptions:
+        """Parsing settings for one pool file."""
+        root = Path(self.media_root) if self.media_root else pool.path.resolve().parent
+        return ParseOptions(self.target_frames, True, root, self.root / "video_frames")
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the data folder."""
+        return self.root.joinpath(*parts)
+
+
+def _split_paths(value: str | None) -> list[str]:
+    return [p for p in (value or "").split(os.pathsep) if p]
+
+
+def project_from_env() -> GdoProject:
+    """The project resource configured from GDO_* environment variables (defaults otherwise)."""
+    return GdoProject(
+        data_dir=os.environ.get("GDO_DATA_DIR", ".gdo"),
+        onevision=_split_paths(os.environ.get("GDO_ONEVISION")),
+        video=_split_paths(os.environ.get("GDO_VIDEO")),
+        chunk_lines=int(os.environ.get("GDO_CHUNK_LINES", DEFAULT_CHUNK_LINES)),
+        target_frames=int(os.environ.get("GDO_TARGET_FRAMES", DEFAULT_TARGET_FRAMES)),
+        media_root=os.environ.get("GDO_MEDIA_ROOT") or None,
+    )
