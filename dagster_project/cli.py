@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,8 +16,8 @@ DEFAULT_DATA_DIR = Path(".gdo")
 
 @app.command("register-pool")
 def register_pool(
-    onevision: Annotated[Optional[Path], typer.Option(help="Image pool file.")] = None,
-    video: Annotated[Optional[Path], typer.Option(help="Video pool file.")] = None,
+    onevision: Annotated[Path | None, typer.Option(help="Image pool file.")] = None,
+    video: Annotated[Path | None, typer.Option(help="Video pool file.")] = None,
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines per chunk partition.")] = 20_000,
 ) -> None:
     """Register the pool's chunk partitions with the Dagster instance (DAGSTER_HOME)."""

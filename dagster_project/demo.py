@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _dagster_home(data_dir: Path) -> Path:
     home = data_dir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
@@ -71,14 +70,14 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
     return report
 
 
-def _run(defs, job_name: str, instance, **kwargs):  # noqa: ANN001, ANN202 - Dagster objects
+def _run(defs, job_name: str, instance, **kwargs):
     result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, **kwargs)
     if not result.success:
         raise RuntimeError(f"Dagster job {job_name} failed")
     return result
 
 
-def _materialization_metadata(result, asset_name: str) -> dict:  # noqa: ANN001 - Dagster result
+def _materialization_metadata(result, asset_name: str) -> dict:
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         if materialization.asset_key.to_user_string() == asset_name:

@@ -14,7 +14,6 @@ from dagster import (
     DataVersionsByPartition,
     MaterializeResult,
     MetadataValue,
-    ObserveResult,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -25,11 +24,17 @@ from dagster import (
     sensor,
 )
 
-from gdo_core import schema as S
-from gdo_core.pool import chunk_fingerprints, pool_files, read_chunk, summarize, write_parquet_atomic
-from gdo_core.pool_stats import pool_profile as compute_pool_profile
 from gdo_assets.partitions import POOL_CHUNKS, pool_chunks
 from gdo_assets.project import GdoProject
+from gdo_core import schema as S
+from gdo_core.pool import (
+    chunk_fingerprints,
+    pool_files,
+    read_chunk,
+    summarize,
+    write_parquet_atomic,
+)
+from gdo_core.pool_stats import pool_profile as compute_pool_profile
 
 QA_DIR = ("pool", "qa")
 REJECTS_DIR = ("pool", "rejects")
@@ -70,7 +75,7 @@ def register_chunks(
     group_name="pool",
     description="The pool files, observed per chunk: each chunk's data version is a fingerprint of its lines.",
 )
-def pool_files_source(context) -> DataVersionsByPartition:  # noqa: ANN001 - Dagster context
+def pool_files_source(context) -> DataVersionsByPartition:
     """Fingerprint every registered chunk, so only changed chunks turn their children stale."""
     project: GdoProject = context.resources.gdo
     known = set(context.instance.get_dynamic_partitions(POOL_CHUNKS))

@@ -7,7 +7,13 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from gdo_core.pool import DEFAULT_CHUNK_LINES, DEFAULT_TARGET_FRAMES, ParseOptions, PoolFile, pool_files
+from gdo_core.pool import (
+    DEFAULT_CHUNK_LINES,
+    DEFAULT_TARGET_FRAMES,
+    ParseOptions,
+    PoolFile,
+    pool_files,
+)
 
 
 class GdoProject(ConfigurableResource):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,7 +35,7 @@ def clear_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _existing_file(path: Optional[Path], flag: str) -> Optional[Path]:
+def _existing_file(path: Path | None, flag: str) -> Path | None:
     if path is not None and not path.is_file():
         raise CliError(f"{flag} {path}: file not found")
     return path
@@ -80,12 +79,12 @@ def tiny_model(
 @app.command()
 def ingest(
     out: Annotated[Path, typer.Option("--out", help="Output folder: qa/*.parquet, rejects.parquet.")],
-    onevision: Annotated[Optional[Path], typer.Option(help="Image pool (.jsonl, .jsonl.gz, .json).")] = None,
-    video: Annotated[Optional[Path], typer.Option(help="Video pool (.jsonl, .jsonl.gz, .json).")] = None,
+    onevision: Annotated[Path | None, typer.Option(help="Image pool (.jsonl, .jsonl.gz, .json).")] = None,
+    video: Annotated[Path | None, typer.Option(help="Video pool (.jsonl, .jsonl.gz, .json).")] = None,
     target_frames: Annotated[int, typer.Option(min=1, help="Frames kept per video QA.")] = 32,
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines per Parquet chunk.")] = 20_000,
     media_root: Annotated[
-        Optional[Path], typer.Option(help="Folder relative media paths start from (default: the pool file's).")
+        Path | None, typer.Option(help="Folder relative media paths start from (default: the pool file's).")
     ] = None,
 ) -> None:
     """Parse pool files into QA rows with stratum fields, and record every rejected line."""

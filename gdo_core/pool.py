@@ -7,6 +7,7 @@ Python objects; the stratum fields are computed vectorised over the chunk.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
+import pyarrow as pa
 from tqdm import tqdm
 
 from gdo_core import schema as S
-from gdo_core.strata import clean_question, collapse_ws, with_stratum_fields
+from gdo_core.strata import clean_question_expr, collapse_ws_expr, with_stratum_fields
 
 try:  # orjson parses JSON lines 3-5x faster; json is the fallback.
     import orjson
@@ -76,16 +78,14 @@ class PoolFile:
 
 
 @dataclass
-class _Columns:
-    """Column buffers of one chunk's parsed QAs (filled row by row, then frozen to polars)."""
+class _Pairs:
+    """Column buffers of one chunk's raw turn pairs (filled row by row, then cleaned in polars)."""
 
-    qa_uid: list[str] = field(default_factory=list)
     row_id: list[str] = field(default_factory=list)
     video_uid: list[str | None] = field(default_factory=list)
-    turn: list[int] = field(default_factory=list)
-    question: list[str] = field(default_factory=list)
-    answer: list[str] = field(default_factory=list)
-    user_text: list[str] = field(default_factory=list)
+    position: list[int] = field(default_factory=list)
+    user_raw: list[str] = field(default_factory=list)
+    answer_raw: list[str] = field(default_factory=list)
     frames: list[list[str]] = field(default_factory=list)
     data_source: list[str] = field(default_factory=list)
     line: list[int] = field(default_factory=list)
@@ -95,8 +95,7 @@ def pool_name(path: Path) -> str:
     """File stem without .jsonl/.json/.gz suffixes, reduced to [A-Za-z0-9_]."""
     name = Path(path).name
     for suffix in (".gz", ".jsonl", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+        name = name.removesuffix(suffix)
     return _KEY_SAFE.sub("_", name).strip("_") or "pool"
 
 
@@ -105,19 +104,26 @@ def chunk_key(name: str, index: int) -> str:
     return f"{name}-{index:05d}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _resample_indices(n: int, target: int) -> tuple[int, ...]:
+    if n <= target:
+        return tuple(range(n))
+    if target <= 1:
+        return (0,)
+    # Python's round (half to even) is what the published code uses.
+    return tuple(round(i * (n - 1) / (target - 1)) for i in range(target))
+
+
 def resample_indices(n: int, target: int) -> list[int]:
     """Indices of `target` frames sampled uniformly from `n`: round(i*(n-1)/(T-1)) when n > T."""
-    if n <= target:
-        return list(range(n))
-    if target <= 1:
-        return [0]
-    # Python's round (half to even) is what the published code uses.
-    return [round(i * (n - 1) / (target - 1)) for i in range(target)]
+    return list(_resample_indices(n, target))
 
 
 def resample_frames(frames: list[str], target: int) -> list[str]:
     """The frame list resampled uniformly to at most `target` frames."""
-    return [frames[i] for i in resample_indices(len(frames), target)]
+    if len(frames) <= target:
+        return frames
+    return [frames[i] for i in _resample_indices(len(frames), target)]
 
 
 # ---- reading lines ------------------------------------------------------------------------
@@ -134,7 +140,7 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def _is_json_array_file(path: Path) -> bool:
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    name = path.name.removesuffix(".gz")
     return name.endswith(".json")
 
 
@@ -244,13 +250,11 @@ def _turn_pairs(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _str_list(value: Any, name: str) -> list[str]:
+def _str_list(value: Any, name: str) -> list[Any]:
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list):
         raise _Reject(S.REJECT_WRONG_TYPE, f"'{name}' must be a list of paths, got {type(value).__name__}")
-    if not all(isinstance(v, str) for v in value):
-        raise _Reject(S.REJECT_WRONG_TYPE, f"'{name}' must hold only path strings")
     return value
 
 
@@ -326,9 +330,12 @@ def _media_of(
         raise _Reject(S.REJECT_MISSING_MEDIA, "no 'images', 'image' or 'video' field")
     if not frames:
         raise _Reject(S.REJECT_MISSING_MEDIA, "empty media list")
-    if kind == "onevision":
-        return _resolve(frames[:1], media_root)
-    return _resolve(resample_frames(frames, target_frames), media_root)
+    # Only the frames a QA keeps are type-checked: the rest are never read.
+    kept = frames[:1] if kind == "onevision" else resample_frames(frames, target_frames)
+    for frame in kept:
+        if type(frame) is not str:
+            raise _Reject(S.REJECT_WRONG_TYPE, "media lists must hold only path strings")
+    return _resolve(kept, media_root)
 
 
 def _decode_video(video: str, root: Path, videos: VideoFrameStore | None) -> list[str]:
@@ -368,7 +375,7 @@ def parse_records(
         if options.video_frame_dir is not None
         else None
     )
-    cols = _Columns()
+    cols = _Pairs()
     rejects: dict[str, list[Any]] = {name: [] for name in S.REJECT_SCHEMA}
 
     def reject(line: int, reason: str, detail: str, qa_uid: str | None = None) -> None:
@@ -406,63 +413,83 @@ def parse_records(
         if kind == "video":
             video_id = obj.get("video_id")
             video_uid = str(video_id) if video_id not in (None, "") else row_id
-        k = 0
         for position, (user_raw, answer_raw) in enumerate(pairs):
-            question, answer = clean_question(user_raw), collapse_ws(answer_raw)
-            if not question or not answer:
-                empty = "question" if not question else "answer"
-                reject(line, S.REJECT_EMPTY_TEXT, f"turn pair {position}: empty {empty}")
-                continue
-            cols.qa_uid.append(f"{prefix}::{row_id}::t{k}")
             cols.row_id.append(row_id)
             cols.video_uid.append(video_uid)
-            cols.turn.append(k)
-            cols.question.append(question)
-            cols.answer.append(answer)
-            cols.user_text.append(user_raw if options.mcq_on_raw else question)
+            cols.position.append(position)
+            cols.user_raw.append(user_raw)
+            cols.answer_raw.append(answer_raw)
             cols.frames.append(frames)
             cols.data_source.append(data_source)
             cols.line.append(line)
-            k += 1
-    return PoolResult(_qa_frame(cols, kind, source_file), pl.DataFrame(rejects, schema=S.REJECT_SCHEMA))
+    qa, empty = _qa_frame(cols, kind, prefix, source_file, options.mcq_on_raw)
+    reject_frame = pl.concat([pl.DataFrame(rejects, schema=S.REJECT_SCHEMA), empty]).sort("line", maintain_order=True)
+    return PoolResult(qa, reject_frame)
 
 
-def _qa_frame(cols: _Columns, kind: str, source_file: str) -> pl.DataFrame:
-    n = len(cols.qa_uid)
-    frame = pl.DataFrame(
+def _list_column(lists: list[list[str]]) -> pl.Series:
+    """A List[String] column built through Arrow offsets (polars' per-list path is ~10x slower)."""
+    offsets = [0]
+    for item in lists:
+        offsets.append(offsets[-1] + len(item))
+    flat = pa.array([v for item in lists for v in item], type=pa.string())
+    array = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), flat)
+    return pl.Series("frames", array, dtype=pl.List(pl.String()))
+
+
+def _qa_frame(
+    cols: _Pairs, kind: str, prefix: str, source_file: str, mcq_on_raw: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(QA rows, empty-text rejects) of a chunk's raw pairs; texts are cleaned vectorised."""
+    pairs = pl.DataFrame(
         {
-            "qa_uid": cols.qa_uid,
             "row_id": cols.row_id,
             "video_uid": cols.video_uid,
-            "turn": cols.turn,
-            "question": cols.question,
-            "answer": cols.answer,
-            "user_text": cols.user_text,
-            "frames": cols.frames,
+            "position": cols.position,
+            "user_raw": cols.user_raw,
+            "answer_raw": cols.answer_raw,
             "data_source": cols.data_source,
             "line": cols.line,
         },
         schema={
-            "qa_uid": pl.String(),
             "row_id": pl.String(),
             "video_uid": pl.String(),
-            "turn": pl.Int32(),
-            "question": pl.String(),
-            "answer": pl.String(),
-            "user_text": pl.String(),
-            "frames": pl.List(pl.String()),
+            "position": pl.Int32(),
+            "user_raw": pl.String(),
+            "answer_raw": pl.String(),
             "data_source": pl.String(),
             "line": pl.Int64(),
         },
+    ).with_columns(
+        _list_column(cols.frames),
+        question=clean_question_expr("user_raw"),
+        answer=collapse_ws_expr("answer_raw"),
     )
-    frame = frame.with_columns(
+    is_empty = (pl.col("question") == "") | (pl.col("answer") == "")
+    empty = pairs.filter(is_empty).select(
+        source_file=pl.lit(source_file, dtype=pl.String()),
+        line=pl.col("line"),
+        qa_uid=pl.lit(None, dtype=pl.String()),
+        reason=pl.lit(S.REJECT_EMPTY_TEXT, dtype=pl.String()),
+        detail=pl.format(
+            "turn pair {}: empty {}",
+            pl.col("position"),
+            pl.when(pl.col("question") == "").then(pl.lit("question")).otherwise(pl.lit("answer")),
+        ),
+    )
+    qa = pairs.filter(~is_empty).with_columns(
+        # the turn index counts emitted pairs only, in row order
+        turn=pl.int_range(pl.len(), dtype=pl.Int32).over("line"),
         n_frames=pl.col("frames").list.len().cast(pl.Int32),
         bucket=pl.lit(BUCKET_OF[kind], dtype=pl.String()),
         source_file=pl.lit(source_file, dtype=pl.String()),
     )
-    frame = with_stratum_fields(frame, mcq_text_col="user_text")
-    assert frame.height == n
-    return frame.select([pl.col(c).cast(t) for c, t in S.QA_SCHEMA.items()])
+    qa = qa.with_columns(
+        qa_uid=pl.format(f"{prefix}::{{}}::t{{}}", pl.col("row_id"), pl.col("turn")),
+        user_text=pl.col("user_raw") if mcq_on_raw else pl.col("question"),
+    )
+    qa = with_stratum_fields(qa, mcq_text_col="user_text")
+    return qa.select([pl.col(c).cast(t) for c, t in S.QA_SCHEMA.items()]), empty
 
 
 # ---- whole files --------------------------------------------------------------------------

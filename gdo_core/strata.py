@@ -133,6 +133,17 @@ def _edge_expr(col: pl.Expr, edges: tuple[tuple[int, str], ...], top: str) -> pl
     return expr.otherwise(pl.lit(top))
 
 
+def collapse_ws_expr(col: str) -> pl.Expr:
+    """Vectorised `collapse_ws` over a string column."""
+    return pl.col(col).str.replace_all(r"\s+", " ").str.strip_chars(" ")
+
+
+def clean_question_expr(col: str) -> pl.Expr:
+    """Vectorised `clean_question` over a string column."""
+    stripped = pl.col(col).str.replace_all(MEDIA_TOKEN_PATTERN, " ")
+    return stripped.str.replace_all(r"\s+", " ").str.strip_chars(" ")
+
+
 def token_count_expr(col: str) -> pl.Expr:
     """Vectorised `count_tokens` over a string column."""
     return pl.col(col).str.to_lowercase().str.count_matches(TOKEN_PATTERN).cast(pl.Int32)
