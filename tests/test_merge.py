@@ -1,0 +1,372 @@
+"""Merge of descriptor shards into DuckDB: tables, stats, k-means, determinism, atomic replace."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from gdo_core import merge, score
+from gdo_core.schema import DESCRIPTOR_SCHEMA, QA_SCHEMA, REJECT_SCHEMA, ROBUST_SIGNALS
+
+SHARD_ROWS = 300
+SHARDS = 3
+CLUSTERS = 12
+
+
+def descriptor_rows(start: int, n: int, seed: int) -> pl.DataFrame:
+    """Synthetic descriptor rows: ~5% failed model passes (nulls + error), half without SC."""
+    rng = np.random.default_rng(seed)
+    uids = [f"{'vv' if (start + i) % 3 else 'ov'}::row{start + i}::t0" for i in range(n)]
+    failed = rng.random(n) < 0.05
+    loss_video = rng.normal(1.0, 0.3, n)
+    loss_blind = loss_video + rng.normal(0.2, 0.2, n)
+    frame = pl.DataFrame(
+        {
+            "qa_uid": uids,
+            "amm": rng.gamma(2.0, 1.0, n),
+            "frame_diversity": rng.random(n) * 0.2,
+            "loss_video": np.where(failed, np.nan, loss_video),
+            "loss_blind": np.where(failed, np.nan, loss_blind),
+            "vds": np.where(failed, np.nan, loss_blind - loss_video),
+            "ppl": np.where(failed, np.nan, np.exp(loss_video)),
+            "tnc_score": rng.choice([0.0, 0.5, 1.0], n),
+            "sc": np.where(rng.random(n) < 0.5, -1.0, rng.random(n)),
+            "text_feature": rng.random((n, 16)).astype(np.float32),
+            "vision_feature": rng.random((n, 6)).astype(np.float32),
+            "n_frames": np.full(n, 8, np.int32),
+            "question_len": rng.integers(3, 40, n).astype(np.int32),
+            "answer_len": rng.integers(1, 30, n).astype(np.int32),
+            "frames_unreadable": np.zeros(n, np.int32),
+            "error": pl.Series([("model pass failed: CUDA OOM" if f else None) for f in failed], dtype=pl.String),
+            "cache_key": [f"key{start + i}" for i in range(n)],
+        }
+    )
+    nan_to_null = [pl.col(c).fill_nan(None) for c in ("loss_video", "loss_blind", "vds", "ppl")]
+    return frame.with_columns(nan_to_null).cast(DESCRIPTOR_SCHEMA)  # type: ignore[arg-type]
+
+
+def qa_rows(uids: list[str]) -> pl.DataFrame:
+    """QA rows for the given uids, stratum fields filled from the uid."""
+    n = len(uids)
+    video = [u.startswith("vv::") for u in uids]
+    temporal = ["Temporal" if v and i % 2 else ("Mixed" if v else "Static") for i, v in enumerate(video)]
+    group = [f"group_{i % 4}" for i in range(n)]
+    bucket = ["short_video" if v else "image_qa" for v in video]
+    duration = ["very_short" if v else "image" for v in video]
+    fields = {
+        "bucket": bucket,
+        "duration_bucket": duration,
+        "temporal_category": temporal,
+        "question_form": ["Open"] * n,
+        "q_len_bucket": ["q_short"] * n,
+        "a_len_bucket": ["a_short"] * n,
+        "source_group": group,
+    }
+    stratum = ["|".join(values) for values in zip(*fields.values())]
+    frame = pl.DataFrame(
+        {
+            "qa_uid": uids,
+            "row_id": [u.split("::")[1] for u in uids],
+            "video_uid": [u.split("::")[1] if v else None for u, v in zip(uids, video)],
+            "turn": [0] * n,
+            "question": [f"What happens in clip {i}?" for i in range(n)],
+            "answer": [f"Answer {i}" for i in range(n)],
+            "frames": [[f"f{i}_{j}.jpg" for j in range(8 if v else 1)] for i, v in enumerate(video)],
+            "n_frames": [8 if v else 1 for v in video],
+            "data_source": [f"{g}_src (v1)" for g in group],
+            **fields,
+            "stratum": stratum,
+            "question_len": [5] * n,
+            "answer_len": [2] * n,
+            "source_file": ["pool.jsonl"] * n,
+            "line": list(range(1, n + 1)),
+        }
+    )
+    return frame.cast(QA_SCHEMA)  # type: ignore[arg-type]
+
+
+def write_pool(root: Path, shards: int = SHARDS, shard_rows: int = SHARD_ROWS, seed: int = 0) -> dict[str, list[Path]]:
+    """Write descriptor shards, qa files (all but the last 5 QAs of each shard) and a rejects file."""
+    (root / "descriptors").mkdir(parents=True, exist_ok=True)
+    (root / "qa").mkdir(parents=True, exist_ok=True)
+    out: dict[str, list[Path]] = {"shards": [], "qa": [], "rejects": []}
+    for i in range(shards):
+        rows = descriptor_rows(i * shard_rows, shard_rows, seed + i)
+        shard = root / "descriptors" / f"chunk-{i:03d}.parquet"
+        rows.write_parquet(shard)
+        qa = root / "qa" / f"chunk-{i:03d}.parquet"
+        qa_rows(rows["qa_uid"].to_list()[:-5]).write_parquet(qa)
+        out["shards"].append(shard)
+        out["qa"].append(qa)
+    rejects = pl.DataFrame(
+        {"source_file": ["pool.jsonl"] * 2, "line": [7, 9], "qa_uid": [None, "ov::x::t1"], "reason": ["bad_json", "empty_text"],
+         "detail": ["Expecting value", "empty answer"]},
+        schema=REJECT_SCHEMA,
+    )
+    rejects.write_parquet(root / "rejects.parquet")
+    out["rejects"].append(root / "rejects.parquet")
+    return out
+
+
+def merge_pool(pool: dict[str, list[Path]], db: Path, **kwargs) -> merge.MergeReport:
+    return merge.merge_to_duckdb(pool["shards"], pool["qa"], pool["rejects"], db, **kwargs)
+
+
+def table(db: Path, name: str, order: str = "qa_uid") -> pl.DataFrame:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.sql(f"SELECT * FROM {name} ORDER BY {order}").pl()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    return write_pool(tmp_path_factory.mktemp("pool"))
+
+
+@pytest.fixture(scope="module")
+def merged(pool: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, merge.MergeReport]:
+    db = tmp_path_factory.mktemp("db") / "gdo.duckdb"
+    return db, merge_pool(pool, db, clusters=CLUSTERS)
+
+
+def all_descriptors(pool: dict[str, list[Path]]) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in pool["shards"]])
+
+
+def test_merge_writes_the_four_tables(merged: tuple[Path, merge.MergeReport]) -> None:
+    db, report = merged
+    rows = SHARDS * SHARD_ROWS
+    assert (report.rows, report.qa_rows, report.reject_rows) == (rows, rows - 5 * SHARDS, 2)
+    assert report.clusters == CLUSTERS and report.clusters_requested == CLUSTERS
+    assert (report.qa_without_descriptor, report.descriptor_without_qa) == (0, 5 * SHARDS)
+    descriptors = table(db, "descriptors")
+    assert descriptors.schema == pl.Schema(merge.DESCRIPTOR_TABLE_SCHEMA)
+    assert descriptors.height == rows
+    assert table(db, "qa").schema == pl.Schema(QA_SCHEMA)
+    assert table(db, "rejects", order="line").schema == pl.Schema(REJECT_SCHEMA)
+    report_row = table(db, "merge_report", order="rows")
+    assert report_row.schema == pl.Schema(merge.MERGE_REPORT_SCHEMA)
+    assert report_row["clusters"].item() == CLUSTERS and report_row["rows"].item() == rows
+    assert [s["signal"] for s in report_row["stats"].item()] == list(ROBUST_SIGNALS)
+    assert report.error_rows == descriptors["error"].is_not_null().sum() > 0
+    assert report.error_share == pytest.approx(report.error_rows / rows)
+
+
+def test_stats_are_exact_quartiles_of_the_pool(merged: tuple[Path, merge.MergeReport], pool: dict) -> None:
+    db, report = merged
+    expected = score.robust_stats(all_descriptors(pool))
+    assert not report.stats_sampled and report.stats_rows == SHARD_ROWS * SHARDS
+    for signal in ROBUST_SIGNALS:
+        got, want = report.stats[signal], expected[signal]
+        assert got.n == want.n
+        assert got.center == pytest.approx(want.center, rel=1e-12)
+        assert got.scale == pytest.approx(want.scale, rel=1e-12)
+    assert merge.read_stats(db) == report.stats
+
+
+def test_stored_scores_follow_the_formulas(merged: tuple[Path, merge.MergeReport]) -> None:
+    db, report = merged
+    stored = table(db, "descriptors")
+    assert stored["cluster_id"].min() >= 0 and stored["cluster_id"].max() < CLUSTERS
+    assert stored["cluster_rep"].to_numpy() == pytest.approx(np.exp(-stored["cluster_dist"].to_numpy()))
+    assert stored["cluster_hard"].to_numpy() == pytest.approx(1 - stored["cluster_rep"].to_numpy())
+    recomputed = score.add_scores(stored.drop("sc_filled", "vds3", "ppl_mid", "amm_mid", "quality"), report.stats)
+    for column in ("sc_filled", "vds3", "ppl_mid", "amm_mid", "quality"):
+        assert stored[column].to_numpy() == pytest.approx(recomputed[column].to_numpy(), rel=1e-12), column
+    inputs = stored.select("sc_filled", "vds3", "ppl_mid", "amm_mid", "tnc_score", "cluster_rep", "cluster_hard", "quality")
+    assert all(inputs[c].is_finite().all() for c in inputs.columns)
+    # SC is kept where computed and replaced only where missing.
+    present = stored.filter(pl.col("sc") >= 0)
+    assert present["sc_filled"].to_list() == present["sc"].to_list()
+
+
+def test_features_put_missing_signals_at_the_centre() -> None:
+    rows = descriptor_rows(0, 4, seed=1).with_columns(
+        vds=pl.Series([None, 0.5, 0.1, 0.2]), tnc_score=pl.Series([None, 1.0, 0.0, 0.5]),
+        text_feature=pl.Series([None, [1.0] * 16, [0.0] * 16, [0.5] * 16], dtype=pl.Array(pl.Float32, 16)),
+    )
+    stats = score.robust_stats(rows)
+    features = merge.feature_matrix(rows, stats)
+    assert features.shape == (4, merge.FEATURE_DIM) == (4, 27)
+    assert features[0, :16].tolist() == [0.0] * 16
+    tnc, vds = merge.FEATURE_INPUT_COLUMNS.index("tnc_score") + 20, merge.FEATURE_INPUT_COLUMNS.index("vds") + 20
+    assert features[0, tnc] == score.TNC_MISSING
+    assert features[0, vds] == pytest.approx(stats["vds"].center)
+    assert features[1, vds] == pytest.approx(0.5)
+    assert features[1, 16:22] == pytest.approx(rows["vision_feature"][1].to_numpy())
+
+
+def test_batched_prediction_matches_one_row_at_a_time(pool: dict) -> None:
+    frame = all_descriptors(pool)
+    stats = score.robust_stats(frame)
+    model, passes, steps = merge.fit_kmeans(pool["shards"], stats, CLUSTERS, seed=7)
+    assert steps >= merge.KMEANS_MIN_STEPS or passes == merge.KMEANS_MAX_PASSES
+    features = merge.feature_matrix(frame, stats)
+    labels, dist = merge.assign_clusters(model, features)
+    one_by_one = np.array([model.predict(features[i : i + 1])[0] for i in range(0, len(features), 37)])
+    assert labels[::37].tolist() == one_by_one.tolist()
+    assert dist == pytest.approx(model.transform(features).min(axis=1))
+
+
+def test_sampled_stats_are_seeded(pool: dict) -> None:
+    exact, sampled_flag, _ = merge.compute_robust_stats(pool["shards"])
+    first, flag, n = merge.compute_robust_stats(pool["shards"], seed=3, sample_rows=500)
+    again, _, _ = merge.compute_robust_stats(pool["shards"], seed=3, sample_rows=500)
+    other, _, _ = merge.compute_robust_stats(pool["shards"], seed=4, sample_rows=500)
+    assert (sampled_flag, flag, n) == (False, True, 500)
+    assert first == again and first != other
+    assert first["amm"].center == pytest.approx(exact["amm"].center, rel=0.15)
+
+
+def test_iter_batches_rebatches_across_files(pool: dict) -> None:
+    sizes = [b.height for b in merge.iter_batches(pool["shards"], ["qa_uid"], 250)]
+    assert sizes == [250, 250, 250, 150]
+    uids = pl.concat(list(merge.iter_batches(pool["shards"], ["qa_uid"], 250)))["qa_uid"]
+    assert uids.to_list() == all_descriptors(pool)["qa_uid"].to_list()
+
+
+def test_rerun_gives_identical_tables(pool: dict, merged: tuple[Path, merge.MergeReport], tmp_path: Path) -> None:
+    db, _ = merged
+    # Inputs in another order: the merge sorts them, so nothing changes.
+    reversed_pool = {key: list(reversed(paths)) for key, paths in pool.items()}
+    again = tmp_path / "again.duckdb"
+    merge_pool(reversed_pool, again, clusters=CLUSTERS)
+    for name, order in (("qa", "qa_uid"), ("descriptors", "qa_uid"), ("rejects", "line"), ("merge_report", "rows")):
+        assert table(db, name, order).equals(table(again, name, order)), name
+        # Row order inside the table is the same too, not only the content.
+        assert table(db, name, "rowid").equals(table(again, name, "rowid")), name
+
+
+def test_k_is_capped_by_rows_and_defaults_to_4096(tmp_path: Path) -> None:
+    small = write_pool(tmp_path / "small", shards=1, shard_rows=40)
+    report = merge_pool(small, tmp_path / "small.duckdb")
+    assert (report.clusters, report.clusters_requested) == (40, merge.DEFAULT_MAX_CLUSTERS)
+    assert table(tmp_path / "small.duckdb", "descriptors")["cluster_id"].n_unique() <= 40
+
+
+def test_empty_pool_writes_empty_tables(tmp_path: Path) -> None:
+    report = merge.merge_to_duckdb([], [], [], tmp_path / "empty.duckdb")
+    assert (report.rows, report.clusters, report.kmeans_steps) == (0, 0, 0)
+    assert table(tmp_path / "empty.duckdb", "descriptors").height == 0
+    assert table(tmp_path / "empty.duckdb", "merge_report", "rows")["rows"].item() == 0
+
+
+def test_bad_inputs_fail_with_the_file_named(pool: dict, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        merge.merge_to_duckdb([tmp_path / "nope.parquet"], [], [], tmp_path / "x.duckdb")
+    broken = tmp_path / "broken.parquet"
+    descriptor_rows(0, 3, seed=0).drop("vds").write_parquet(broken)
+    with pytest.raises(merge.MergeError, match=r"broken\.parquet.*\['vds'\]"):
+        merge.merge_to_duckdb([broken], [], [], tmp_path / "x.duckdb")
+    not_parquet = tmp_path / "text.parquet"
+    not_parquet.write_text("hello")
+    with pytest.raises(merge.MergeError, match="text.parquet: not a readable Parquet"):
+        merge.merge_to_duckdb([not_parquet], [], [], tmp_path / "x.duckdb")
+    with pytest.raises(merge.MergeError, match="clusters must be at least 1"):
+        merge_pool(pool, tmp_path / "x.duckdb", clusters=0)
+
+
+def test_failed_merge_keeps_the_previous_database(pool: dict, tmp_path: Path) -> None:
+    db = tmp_path / "gdo.duckdb"
+    merge_pool(pool, db, clusters=4)
+    before = table(db, "descriptors")
+    copy = tmp_path / "copy.parquet"
+    pl.read_parquet(pool["shards"][0]).head(3).write_parquet(copy)
+    with pytest.raises(merge.MergeError, match=r"occurs more than once.*chunk-000\.parquet.*copy\.parquet"):
+        merge.merge_to_duckdb([*pool["shards"], copy], pool["qa"], pool["rejects"], db, clusters=4)
+    assert table(db, "descriptors").equals(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.parquet", "gdo.duckdb"]
+
+
+def test_views_are_created_by_the_writer(pool: dict, tmp_path: Path) -> None:
+    members = tmp_path / "subsets" / "minloss" / "members.parquet"
+    members.parent.mkdir(parents=True)
+    pl.DataFrame(
+        {"profile": ["minloss"] * 2, "arm": ["gdo", "uni10x"], "qa_uid": ["vv::row1::t0", "ov::row0::t0"],
+         "rank": [0, 0], "stage": ["quota", "uni"], "score": [0.5, 0.1]}
+    ).write_parquet(members)
+    db = tmp_path / "gdo.duckdb"
+    merge_pool(pool, db, clusters=4, views={"subset_members": str(tmp_path / "subsets" / "*" / "members.parquet")})
+    assert table(db, "subset_members", "arm")["qa_uid"].to_list() == ["vv::row1::t0", "ov::row0::t0"]
+    empty = tmp_path / "empty.duckdb"
+    merge_pool(pool, empty, clusters=4, views={"subset_members": str(tmp_path / "none" / "*.parquet")})
+    assert table(empty, "subset_members", "rank").height == 0
+
+
+# A separate reader process (duckdb only, so it starts fast): it opens the database read-only
+# again and again until the stop file appears, then prints what it saw as JSON.
+READER_SCRIPT = """
+import json, os, sys, duckdb
+db, stop = sys.argv[1], sys.argv[2]
+seen, errors = [], []
+while not os.path.exists(stop):
+    try:
+        con = duckdb.connect(db, read_only=True)
+        try:
+            count = con.execute("SELECT count(*) FROM descriptors").fetchall()[0][0]
+            reported = con.execute("SELECT rows FROM merge_report").fetchall()[0][0]
+            seen.append([count, reported])
+        finally:
+            con.close()
+    except Exception as exc:
+        errors.append(repr(exc))
+    if len(seen) + len(errors) == 1:
+        print("ready", flush=True)
+print(json.dumps({"seen": seen, "errors": errors}), flush=True)
+"""
+
+
+def test_concurrent_read_only_reader_never_fails_or_sees_half_a_merge(pool: dict, tmp_path: Path) -> None:
+    db = tmp_path / "gdo.duckdb"
+    stop = tmp_path / "stop"
+    smaller = {**pool, "shards": pool["shards"][:2]}
+    merge_pool(smaller, db, clusters=4)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER_SCRIPT, str(db), str(stop)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
+        # Three merges alternating two pool sizes, while the reader keeps opening the file.
+        for shards in (pool, smaller, pool):
+            report = merge_pool(shards, db, clusters=4)
+            assert report.rows in (2 * SHARD_ROWS, 3 * SHARD_ROWS)
+        time.sleep(0.5)  # let the reader see the final database too
+        stop.touch()
+        out, _ = reader.communicate(timeout=60)
+    finally:
+        stop.touch()
+        if reader.poll() is None:
+            reader.kill()
+    result = json.loads(out)
+    assert result["errors"] == []
+    assert len(result["seen"]) > 10
+    # Every snapshot is a complete database: descriptor rows match its own merge report.
+    assert all(count == reported for count, reported in result["seen"])
+    assert {count for count, _ in result["seen"]} == {2 * SHARD_ROWS, 3 * SHARD_ROWS}
+    assert not list(tmp_path.glob(".gdo.duckdb.*"))
+
+
+def test_quality_does_not_depend_on_the_shard_split(tmp_path: Path) -> None:
+    # The same rows cut into 1 shard or 3 shards give the same stats (exact quantiles).
+    rows = descriptor_rows(0, 90, seed=5)
+    one = tmp_path / "one.parquet"
+    rows.write_parquet(one)
+    parts = []
+    for i in range(3):
+        part = tmp_path / f"part{i}.parquet"
+        rows.slice(30 * i, 30).write_parquet(part)
+        parts.append(part)
+    a = merge.compute_robust_stats([one])[0]
+    b = merge.compute_robust_stats(parts)[0]
+    assert all(math.isclose(a[s].center, b[s].center) and math.isclose(a[s].scale, b[s].scale) for s in ROBUST_SIGNALS)
