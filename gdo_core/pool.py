@@ -7,14 +7,17 @@ Python objects; the stratum fields are computed vectorised over the chunk.
 
 from __future__ import annotations
 
+import collections
 import functools
 import gzip
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +45,7 @@ BUCKET_OF: dict[str, str] = {"onevision": S.BUCKET_IMAGE, "video": S.BUCKET_VIDE
 
 DEFAULT_TARGET_FRAMES = 32
 DEFAULT_CHUNK_LINES = 20_000
+PARALLEL_INGEST_BYTES = 32 * 2**20
 USER_ROLES = frozenset({"user", "human"})
 ASSISTANT_ROLES = frozenset({"assistant", "gpt"})
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_]+")
@@ -587,6 +591,15 @@ class IngestSummary:
     counts: dict[str, Any]
 
 
+def _ingest_chunk(
+    records: list[tuple[int, bytes]], pool: PoolFile, options: ParseOptions, target: Path
+) -> tuple[Path, pl.DataFrame, dict[str, int]]:
+    """Parse one chunk and write its QA Parquet; runs in a worker process."""
+    result = parse_records(records, pool, options)
+    path = write_parquet_atomic(result.qa, target)
+    return path, result.rejects, summarize(result.qa, result.rejects)["qa_per_bucket"]
+
+
 def ingest(
     onevision: Path | list[Path] | None,
     video: Path | list[Path] | None,
@@ -595,32 +608,54 @@ def ingest(
     target_frames: int = DEFAULT_TARGET_FRAMES,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
     media_root: Path | None = None,
+    workers: int | None = None,
     progress: bool = False,
 ) -> IngestSummary:
     """Stream pool files into `out/qa/<chunk>.parquet` and `out/rejects.parquet`, chunk by chunk.
 
-    Relative media paths are resolved against `media_root`, else the pool file's folder.
+    Chunks are parsed by `workers` processes (default: one per core for big pools) with at most two chunks
+    per worker in flight, so memory stays bounded whatever the file size. Relative media
+    paths are resolved against `media_root`, else the pool file's folder.
     """
     out_dir = Path(out_dir)
     files = pool_files(onevision, video)
-    qa_dir = out_dir / "qa"
+    if workers is None:  # processes pay off only past a few chunks
+        small = sum(f.path.stat().st_size for f in files) < PARALLEL_INGEST_BYTES
+        workers = 1 if small else os.cpu_count() or 1
     bar = tqdm(desc="ingest", unit=" QA", dynamic_ncols=True) if progress else None
     qa_files: list[Path] = []
     rejects: list[pl.DataFrame] = []
     per_bucket: dict[str, int] = {}
-    for pool in files:
-        options = ParseOptions(
-            target_frames=target_frames,
-            media_root=Path(media_root) if media_root else pool.path.resolve().parent,
-            video_frame_dir=out_dir / "video_frames",
-        )
-        for key, result in iter_pool_chunks(pool, chunk_lines, options):
-            qa_files.append(write_parquet_atomic(result.qa, qa_dir / f"{key}.parquet"))
-            rejects.append(result.rejects)
-            for bucket, n in summarize(result.qa, result.rejects)["qa_per_bucket"].items():
-                per_bucket[bucket] = per_bucket.get(bucket, 0) + n
-            if bar is not None:
-                bar.update(result.qa.height)
+
+    def collect(done: tuple[Path, pl.DataFrame, dict[str, int]]) -> None:
+        path, chunk_rejects, chunk_buckets = done
+        qa_files.append(path)
+        rejects.append(chunk_rejects)
+        for bucket, n in chunk_buckets.items():
+            per_bucket[bucket] = per_bucket.get(bucket, 0) + n
+        if bar is not None:
+            bar.update(sum(chunk_buckets.values()))
+
+    jobs = (
+        (records, pool, _ingest_options(pool, target_frames, media_root, out_dir),
+         out_dir / "qa" / f"{chunk_key(pool.pool_name, index)}.parquet")
+        for pool in files
+        for index, records in iter_line_chunks(pool.path, chunk_lines)
+    )
+    if workers == 1:
+        for job in jobs:
+            collect(_ingest_chunk(*job))
+    else:
+        # spawn, not fork: polars' thread pool does not survive a fork
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as executor:
+            pending: collections.deque = collections.deque()
+            for job in jobs:
+                pending.append(executor.submit(_ingest_chunk, *job))
+                if len(pending) >= 2 * workers:
+                    collect(pending.popleft().result())
+            while pending:
+                collect(pending.popleft().result())
     if bar is not None:
         bar.close()
     all_rejects = pl.concat(rejects) if rejects else S.empty_frame(S.REJECT_SCHEMA)
@@ -629,6 +664,11 @@ def ingest(
     counts["qa"] = sum(per_bucket.values())
     counts["qa_per_bucket"] = dict(sorted(per_bucket.items()))
     return IngestSummary(qa_files, rejects_file, counts)
+
+
+def _ingest_options(pool: PoolFile, target_frames: int, media_root: Path | None, out_dir: Path) -> ParseOptions:
+    root = Path(media_root) if media_root else pool.path.resolve().parent
+    return ParseOptions(target_frames=target_frames, media_root=root, video_frame_dir=out_dir / "video_frames")
 
 
 def read_qa_files(paths: list[Path]) -> pl.DataFrame:

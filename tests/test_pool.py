@@ -176,3 +176,15 @@ def test_video_files_are_decoded_and_sampled(tmp_path):
     assert cv2.imread(qa["frames"][0][0]).shape == (64, 64, 3)
     rejects = pl.read_parquet(summary.rejects_file)
     assert rejects.select("line", "reason").rows() == [(2, "unreadable_video")]
+
+
+def test_parallel_ingest_writes_the_same_files(tmp_path):
+    ov = _write(tmp_path / "ov.jsonl", _rows(IMAGE_ROWS * 3) + BAD_LINES[:2])
+    vv = _write(tmp_path / "vv.jsonl", _rows(VIDEO_ROWS * 3))
+    serial = P.ingest(ov, vv, tmp_path / "serial", chunk_lines=2, workers=1)
+    parallel = P.ingest(ov, vv, tmp_path / "parallel", chunk_lines=2, workers=2)
+    assert [p.name for p in serial.qa_files] == [p.name for p in parallel.qa_files]
+    for a, b in zip(serial.qa_files, parallel.qa_files):
+        assert a.read_bytes() == b.read_bytes()
+    assert serial.rejects_file.read_bytes() == parallel.rejects_file.read_bytes()
+    assert serial.counts == parallel.counts
