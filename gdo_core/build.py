@@ -1,0 +1,530 @@
+"""`gdo build`: read the pool and metrics, select GDO 1x and Uni-10x, write the SFT files and report.
+
+Also `gdo resample` (frame lists of SFT JSONL rows resampled to a new training frame count) and
+the published-compatibility glue: `compat="published"` feeds the selection exactly what the
+published build step saw (MCQ tested case-insensitively on the collapsed question, data_source
+whitespace-collapsed) and switches the selection to the published seeded stream.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from gdo_core.candidate_score import METRIC_COLUMNS, Ablations
+from gdo_core.pool import read_pool, resample_indices
+from gdo_core.profiles import GoalProfile, load_profile
+from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
+from gdo_core.select import (
+    ExcludeMode,
+    SelectOptions,
+    SelectionResult,
+    load_exclusion_reference,
+    select_subsets,
+    sft_rows,
+)
+from gdo_core.strata import MCQ, MCQ_PATTERN, OPEN, source_group_expr
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is installed with polars' extras here
+    orjson = None  # type: ignore[assignment]
+
+Compat = Literal["published"]
+ARM_GDO, ARM_UNI = "gdo", "uni10x"
+# The published reader's data_source when a row has none.
+PUBLISHED_DEFAULT_SOURCE = {BUCKET_IMAGE: "onevision", BUCKET_VIDEO: "llava_video"}
+# Published metrics files name the shared score quality_score; gdo's descriptors table says quality.
+METRIC_ALIASES = {"quality_score": "quality"}
+DUCKDB_TABLE = "descriptors"
+BAD_EXAMPLES_KEPT = 5
+
+
+class MetricsError(ValueError):
+    """A metrics file that cannot be used (the message names file, line and key)."""
+
+
+class BuildError(ValueError):
+    """Invalid build arguments."""
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+@dataclass
+class MetricsTable:
+    """Metrics rows in file order (duplicates kept: the published stats count every row)."""
+
+    rows: pl.DataFrame  # qa_uid + METRIC_COLUMNS (Float64, null = missing)
+    path: str
+    format: str
+    bad_rows: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+
+    def info(self) -> dict[str, Any]:
+        """What the report says about the metrics input."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "rows": self.rows.height,
+            "bad_rows": self.bad_rows,
+            "bad_examples": self.bad_examples,
+        }
+
+
+_METRIC_SCHEMA = {"qa_uid": pl.String(), **{c: pl.Float64() for c in METRIC_COLUMNS}}
+
+
+def _file_kind(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:4] == b"PAR1":
+        return "parquet"
+    if head[8:12] == b"DUCK":
+        return "duckdb"
+    if head[:2] == b"\x1f\x8b":
+        return "jsonl.gz"
+    return "jsonl"
+
+
+def _normalise_columns(frame: pl.DataFrame, where: str) -> pl.DataFrame:
+    frame = frame.rename({k: v for k, v in METRIC_ALIASES.items() if k in frame.columns and v not in frame.columns})
+    if "qa_uid" not in frame.columns:
+        raise MetricsError(f"{where}: missing key 'qa_uid' (columns: {', '.join(frame.columns)})")
+    present = [c for c in METRIC_COLUMNS if c in frame.columns]
+    if not present:
+        raise MetricsError(f"{where}: none of the metric keys {', '.join(METRIC_COLUMNS)} (or quality_score) is present")
+    out = []
+    for col in METRIC_COLUMNS:
+        if col not in frame.columns:
+            out.append(pl.lit(None, dtype=pl.Float64).alias(col))
+            continue
+        dtype = frame.schema[col]
+        if not (dtype.is_numeric() or dtype == pl.Null):
+            raise MetricsError(f"{where}: key {col!r} must be numeric, got column type {dtype}")
+        out.append(pl.col(col).cast(pl.Float64).fill_nan(None))
+    return frame.select(pl.col("qa_uid").cast(pl.String), *out)
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def _read_metrics_jsonl_rows(raw: bytes, where: str, strict: bool) -> MetricsTable:
+    """Line-by-line reader: nested `data_quality_metrics` allowed; strict raises, lenient counts bad rows."""
+    loads = orjson.loads if orjson is not None else json.loads
+    cols: dict[str, list[Any]] = {name: [] for name in _METRIC_SCHEMA}
+    bad, examples = 0, []
+
+    def fail(line: int, message: str) -> None:
+        nonlocal bad
+        if strict:
+            raise MetricsError(f"{where}:{line}: {message}")
+        bad += 1
+        if len(examples) < BAD_EXAMPLES_KEPT:
+            examples.append(f"line {line}: {message}")
+
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = loads(line)
+        except ValueError as exc:
+            fail(number, f"not valid JSON ({exc})")
+            continue
+        if not isinstance(item, dict):
+            fail(number, "expected a JSON object")
+            continue
+        uid = item.get("qa_uid", item.get("id", ""))
+        uid = " ".join(str(uid).split()) if uid is not None else ""
+        if not uid:
+            fail(number, "missing key 'qa_uid'")
+            continue
+        nested = item.get("data_quality_metrics")
+        source = nested if isinstance(nested, dict) else item
+        cols["qa_uid"].append(uid)
+        for col in METRIC_COLUMNS:
+            keys = [col] + [alias for alias, target in METRIC_ALIASES.items() if target == col]
+            value = None
+            for key in keys:
+                value = source.get(key, item.get(key))
+                if value is not None:
+                    break
+            number_value = _as_float(value)
+            if number_value is None and value is not None and strict and not isinstance(value, float):
+                raise MetricsError(f"{where}:{number}: key {keys[-1]!r} must be a number, got {value!r}")
+            cols[col].append(number_value)
+    table = pl.DataFrame(cols, schema=_METRIC_SCHEMA)
+    return MetricsTable(table, where, "jsonl", bad, examples)
+
+
+def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
+    """Metrics from gdo's DuckDB file (table `descriptors`), a Parquet file, or merged-metrics JSONL(.gz).
+
+    strict: bad rows raise an error naming file, line and key; otherwise they are skipped and counted
+    (the published reader's behaviour, used in compat mode).
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise MetricsError(f"{where}: metrics file not found")
+    kind = _file_kind(path)
+    if kind == "parquet":
+        try:
+            frame = pl.read_parquet(path)
+        except Exception as exc:  # polars raises several error types for corrupt files
+            raise MetricsError(f"{where}: unreadable Parquet file ({exc})") from exc
+        return MetricsTable(_normalise_columns(frame, where), where, "parquet")
+    if kind == "duckdb":
+        import duckdb
+
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except Exception as exc:  # duckdb.IOException and friends
+            raise MetricsError(f"{where}: cannot open DuckDB file ({exc})") from exc
+        try:
+            tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+            if DUCKDB_TABLE not in tables:
+                raise MetricsError(f"{where}: no table {DUCKDB_TABLE!r} (tables: {', '.join(sorted(tables)) or 'none'})")
+            frame = con.execute(f"select * from {DUCKDB_TABLE}").pl()
+        finally:
+            con.close()
+        return MetricsTable(_normalise_columns(frame, f"{where} [{DUCKDB_TABLE}]"), where, "duckdb")
+    raw = gzip.decompress(path.read_bytes()) if kind == "jsonl.gz" else path.read_bytes()
+    try:  # fast path: flat, well-formed rows
+        frame = pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
+        if "data_quality_metrics" not in frame.columns and frame.height == raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1):
+            frame = _normalise_columns(frame, where)
+            if frame["qa_uid"].null_count() == 0 and not (frame["qa_uid"].str.strip_chars() == "").any():
+                return MetricsTable(frame, where, "jsonl")
+    except (pl.exceptions.PolarsError, MetricsError, ValueError):
+        pass
+    return _read_metrics_jsonl_rows(raw, where, strict)
+
+
+# ---- published-compatibility glue ---------------------------------------------------------
+
+
+def published_view(qa: pl.DataFrame) -> pl.DataFrame:
+    """The QA table as the published reader saw it: collapsed data_source (default name when empty),
+    MCQ tested case-insensitively on the collapsed question, groups and strata recomputed."""
+    source = pl.col("data_source").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars()
+    default = pl.col("bucket").replace_strict(PUBLISHED_DEFAULT_SOURCE, default="")
+    out = qa.with_columns(
+        data_source=pl.when(source == "").then(default).otherwise(source),
+        question_form=pl.when(pl.col("question").str.contains("(?i)" + MCQ_PATTERN)).then(pl.lit(MCQ)).otherwise(pl.lit(OPEN)),
+    )
+    out = out.with_columns(source_group=source_group_expr("data_source"))
+    return out.with_columns(stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|"))
+
+
+# ---- the build ------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildResult:
+    """Paths of what a build wrote, its report, the member table and timings (seconds)."""
+
+    out_dir: Path
+    gdo_path: Path
+    uni_path: Path
+    report_path: Path
+    profile_path: Path
+    members_path: Path
+    report: dict[str, Any]
+    members: pl.DataFrame
+    timings: dict[str, float]
+
+
+def output_names(target_frames: int) -> tuple[str, str]:
+    """File names of the GDO 1x and Uni-10x SFT files for a frame count."""
+    return f"gdo_1x_{target_frames}f.jsonl", f"uni_10x_{target_frames}f.jsonl"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_ndjson_atomic(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.write_ndjson(tmp)
+    os.replace(tmp, path)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def members_table(profile: str, result: SelectionResult) -> pl.DataFrame:
+    """subset_members rows (profile, arm, qa_uid, rank, stage, score) of both arms."""
+    score = result.scores["score"]
+    uid = result.qa["qa_uid"]
+    parts = []
+    for arm, rows, stages in (
+        (ARM_GDO, result.gdo.rows, result.gdo.stages),
+        (ARM_UNI, result.uni_rows, ["uni_random"] * len(result.uni_rows)),
+    ):
+        idx = np.asarray(rows, dtype=np.int64)
+        parts.append(
+            pl.DataFrame(
+                {
+                    "profile": [profile] * idx.size,
+                    "arm": [arm] * idx.size,
+                    "qa_uid": uid.gather(idx) if idx.size else pl.Series([], dtype=pl.String),
+                    "rank": np.arange(idx.size, dtype=np.int32),
+                    "stage": list(stages),
+                    "score": score.gather(idx) if idx.size else pl.Series([], dtype=pl.Float64),
+                },
+                schema=SUBSET_MEMBER_SCHEMA,
+            )
+        )
+    return pl.concat(parts)
+
+
+def build_from_pool(
+    qa: pl.DataFrame,
+    profile: GoalProfile | str | Path,
+    out_dir: Path | str,
+    *,
+    metrics: MetricsTable | Path | str | None = None,
+    compat: Compat | None = None,
+    target_count: int | None = None,
+    target_ratio: float | None = None,
+    ablations: Ablations = Ablations(),
+    exclude_reference: Sequence[Path | str] = (),
+    exclude_mode: ExcludeMode = "both",
+    seed: int | None = None,
+    target_frames: int | None = None,
+    pool_info: dict[str, Any] | None = None,
+    progress: bool = False,
+    profiles_dir: Path | str | None = None,
+) -> BuildResult:
+    """Select and write both subsets from an already parsed QA table (QA_SCHEMA, scan order)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prof = load_profile(profile, profiles_dir)
+    if compat not in (None, "published"):
+        raise BuildError(f"compat must be 'published' or None, got {compat!r}")
+    if target_count is not None and target_ratio is not None and target_count > 0 and target_ratio > 0:
+        raise BuildError("give either a target count or a target ratio, not both")
+    if target_ratio is not None and not 0 < target_ratio <= 1:
+        raise BuildError(f"target ratio must be in (0, 1], got {target_ratio}")
+    if target_count is not None and target_count < 0:
+        raise BuildError(f"target count must be positive, got {target_count}")
+    frames = target_frames or prof.target_frames
+    mode = "published" if compat == "published" else "default"
+    if isinstance(metrics, (str, Path)):
+        metrics = load_metrics(metrics, strict=(mode == "default"))
+    timings["metrics"] = time.perf_counter() - t0
+    if mode == "published":
+        qa = published_view(qa)
+    exclusion = load_exclusion_reference(list(exclude_reference), exclude_mode) if exclude_reference else None
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=7, desc=f"build {prof.name}", unit="step", dynamic_ncols=True, leave=False)
+
+    def step(name: str) -> None:
+        timings[name] = time.perf_counter() - t0
+        if bar is not None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+    result = select_subsets(
+        qa,
+        prof,
+        metrics=metrics.rows if metrics is not None else None,
+        options=SelectOptions(mode=mode, target_count=target_count, target_ratio=target_ratio, ablations=ablations, seed=seed),
+        exclusion=exclusion,
+        step=step,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gdo_name, uni_name = output_names(frames)
+    gdo_rows = sft_rows(result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode=mode)
+    uni_rows = sft_rows(result.qa, result.scores, result.uni_rows, None, mode=mode)
+    _write_ndjson_atomic(gdo_rows, out / gdo_name)
+    _write_ndjson_atomic(uni_rows, out / uni_name)
+    members = members_table(prof.name, result)
+    members_path = out / "subset_members.parquet"
+    tmp = members_path.with_name(f".{members_path.name}.{os.getpid()}.tmp")
+    members.write_parquet(tmp, statistics=True)
+    os.replace(tmp, members_path)
+    report = {
+        **result.report,
+        "target_frames": frames,
+        "max_qa_per_video": prof.max_qa_per_video,
+        "outputs": {"gdo_1x": gdo_name, "uni_10x": uni_name, "members": members_path.name},
+        "pool": pool_info or {"qa_rows": qa.height},
+    }
+    if metrics is not None:
+        report["metrics"] = {**metrics.info(), **report.get("metrics", {})}
+    _write_atomic(out / "report.json", _json_bytes(report))
+    profile_doc = {**prof.to_dict(), "target_frames_used": frames, "compat": compat, "ablations": ablations.active()}
+    _write_atomic(out / "profile.json", _json_bytes(profile_doc))
+    step("write")
+    if bar is not None:
+        bar.close()
+    timings["total"] = time.perf_counter() - t0
+    return BuildResult(
+        out_dir=out,
+        gdo_path=out / gdo_name,
+        uni_path=out / uni_name,
+        report_path=out / "report.json",
+        profile_path=out / "profile.json",
+        members_path=members_path,
+        report=report,
+        members=members,
+        timings=timings,
+    )
+
+
+def build_subsets(
+    profile: GoalProfile | str | Path,
+    onevision: Path | str | None,
+    video: Path | str | None,
+    out_dir: Path | str,
+    *,
+    metrics: Path | str | None = None,
+    compat: Compat | None = None,
+    target_count: int | None = None,
+    target_ratio: float | None = None,
+    target_frames: int | None = None,
+    no_vds: bool = False,
+    no_ppl: bool = False,
+    no_sc: bool = False,
+    no_vds3_budget: bool = False,
+    exclude_reference: Sequence[Path | str] = (),
+    exclude_mode: ExcludeMode = "both",
+    seed: int | None = None,
+    progress: bool = True,
+    profiles_dir: Path | str | None = None,
+    media_root: Path | str | None = None,
+) -> BuildResult:
+    """`gdo build`: parse the pool files, select GDO 1x and Uni-10x, write JSONL files, report and profile.
+
+    Writes gdo_1x_<frames>f.jsonl, uni_10x_<frames>f.jsonl, report.json, profile.json and
+    subset_members.parquet into out_dir. compat="published" reproduces the published build step.
+    """
+    if onevision is None and video is None:
+        raise BuildError("give at least one pool file (--onevision and/or --video)")
+    t0 = time.perf_counter()
+    prof = load_profile(profile, profiles_dir)
+    frames = target_frames or prof.target_frames
+    if frames < 1:
+        raise BuildError(f"target frames must be >= 1, got {frames}")
+    metrics_table = load_metrics(metrics, strict=(compat is None)) if metrics is not None else None
+    pool = read_pool(
+        Path(onevision) if onevision is not None else None,
+        Path(video) if video is not None else None,
+        target_frames=frames,
+        mcq_on_raw=(compat is None),
+        media_root=Path(media_root) if media_root is not None else None,
+    )
+    read_s = time.perf_counter() - t0
+    rejects = pool.rejects
+    pool_info = {
+        "onevision": str(onevision) if onevision is not None else None,
+        "video": str(video) if video is not None else None,
+        "qa_rows": pool.qa.height,
+        "rejects": rejects.height,
+        "rejects_per_reason": dict(rejects.group_by("reason").len().sort("reason").iter_rows()) if rejects.height else {},
+    }
+    result = build_from_pool(
+        pool.qa,
+        prof,
+        out_dir,
+        metrics=metrics_table,
+        compat=compat,
+        target_count=target_count,
+        target_ratio=target_ratio,
+        ablations=Ablations(no_vds=no_vds, no_ppl=no_ppl, no_sc=no_sc, no_vds3_budget=no_vds3_budget),
+        exclude_reference=exclude_reference,
+        exclude_mode=exclude_mode,
+        seed=seed,
+        target_frames=frames,
+        pool_info=pool_info,
+        progress=progress,
+        profiles_dir=profiles_dir,
+    )
+    result.timings = {"read_pool": read_s, **{k: v + read_s for k, v in result.timings.items()}}
+    return result
+
+
+# ---- resampling SFT files -------------------------------------------------------------------
+
+
+def resample_row(row: dict[str, Any], target_frames: int) -> dict[str, Any]:
+    """One SFT row with `images` resampled to at most target_frames and its `<image>` tokens matched."""
+    images = row.get("images")
+    if not isinstance(images, list) or len(images) <= target_frames:
+        return row
+    old_n = len(images)
+    new_images = [images[i] for i in resample_indices(old_n, target_frames)]
+    row = dict(row)
+    row["images"] = new_images
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        new_messages = []
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str) and content.startswith("<image>" * old_n):
+                m = {**m, "content": "<image>" * len(new_images) + content[len("<image>") * old_n :]}
+            new_messages.append(m)
+        row["messages"] = new_messages
+    dqm = row.get("data_quality_metrics")
+    if isinstance(dqm, dict) and "n_frames" in dqm:
+        row["data_quality_metrics"] = {**dqm, "n_frames": len(new_images)}
+    return row
+
+
+def resample_jsonl(input: Path | str, output: Path | str, target_frames: int) -> int:
+    """`gdo resample`: rewrite an SFT JSONL file with every frame list resampled; returns rows written."""
+    if target_frames < 1:
+        raise BuildError(f"target frames must be >= 1, got {target_frames}")
+    src, dst = Path(input), Path(output)
+    if not src.is_file():
+        raise BuildError(f"{src}: input file not found")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    loads = orjson.loads if orjson is not None else json.loads
+    count = 0
+    opener = gzip.open if src.name.endswith(".gz") else open
+    with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+        for number, line in enumerate(fin, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = loads(line)
+            except ValueError as exc:
+                raise BuildError(f"{src}:{number}: not valid JSON ({exc})") from exc
+            if not isinstance(row, dict):
+                raise BuildError(f"{src}:{number}: expected a JSON object")
+            if "images" in row and not isinstance(row["images"], list):
+                raise BuildError(f"{src}:{number}: key 'images' must be a list of frame paths")
+            row = resample_row(row, target_frames)
+            fout.write(orjson.dumps(row) + b"\n" if orjson is not None else (json.dumps(row, ensure_ascii=False) + "\n").encode())
+            count += 1
+    os.replace(tmp, dst)
+    return count

@@ -1,0 +1,264 @@
+"""The candidate score of subset construction (ALGORITHM.md §5.4) with its four ablation switches.
+
+Heuristic terms depend on a few small integers and categories per QA, so each is computed once
+per distinct key with Python's `math` (bit-identical to the published per-row code) and joined
+back; the weighted sums are numpy element-wise in the published order of operations, which is
+exact IEEE arithmetic, so compat mode reproduces the published scores to the last bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from gdo_core.schema import BUCKET_VIDEO
+from gdo_core.strata import TEMPORAL_PATTERN, TOKEN_PATTERN  # noqa: F401 - TOKEN_PATTERN used below
+
+# Naturalness ("PPL-like"): -|ln qn - ln 14| - 1.25 |ln an - ln 16| - 1.2 max(0, 0.55 - distinct(a)/an).
+NAT_QUESTION_CENTRE = 14.0
+NAT_ANSWER_CENTRE = 16.0
+NAT_ANSWER_WEIGHT = 1.25
+NAT_REPEAT_WEIGHT = 1.2
+NAT_DISTINCT_FLOOR = 0.55
+# Difficulty: exp(-z^2 / (2 * 0.85^2)), z = |ln max(1, qn + 0.5 an) - ln 22|.
+DIFF_CENTRE = 22.0
+DIFF_ANSWER_SHARE = 0.5
+DIFF_WIDTH = 0.85
+# Alignment: mean of ln p_pool(value) over the six non-bucket fields, p floored.
+ALIGN_FIELDS: tuple[str, ...] = (
+    "duration_bucket",
+    "temporal_category",
+    "question_form",
+    "q_len_bucket",
+    "a_len_bucket",
+    "source_group",
+)
+ALIGN_FLOOR = 1e-9
+# Temporal bonus (video): Temporal 1.0, Mixed 0.2, other -0.5.
+TEMPORAL_BONUS = {"Temporal": 1.0, "Mixed": 0.2}
+TEMPORAL_BONUS_OTHER = -0.5
+# base(video) = 1.0 nat + 0.85 diff + 0.9 align + 0.55 tbonus + 0.15 prior.
+W_VIDEO_NAT, W_VIDEO_DIFF, W_VIDEO_ALIGN, W_VIDEO_TBONUS, W_VIDEO_PRIOR = 1.0, 0.85, 0.9, 0.55, 0.15
+# base(image) = 1.1 nat + 0.85 diff + 0.9 align + 0.15 prior.
+W_IMAGE_NAT, W_IMAGE_DIFF, W_IMAGE_ALIGN, W_IMAGE_PRIOR = 1.1, 0.85, 0.9, 0.15
+BASE_SQUASH = 3.0  # base_n = tanh(base / 3)
+# Metric terms: z-scores (mean/std) clipped to +-4, divided by 4.
+Z_CAP = 4.0
+W_VIDEO_BASE, W_VIDEO_VDS3, W_VIDEO_QUALITY = 0.35, 0.95, 0.35
+MISSING_METRICS_PENALTY = 0.15  # a video QA without a metrics row
+W_IMAGE_BASE, W_IMAGE_QUALITY = 0.9, 0.15
+VDS3_FALLBACK_FD_WEIGHT = 0.5  # vds3' = z(VDS) + 0.5 z(frame_div) without the two losses
+STD_VAR_FLOOR = 1e-12  # std := 1 when the variance is at or below this
+
+METRIC_COLUMNS: tuple[str, ...] = ("loss_video", "loss_blind", "frame_diversity", "vds", "quality")
+SCORE_COLUMNS: tuple[str, ...] = (
+    "naturalness",
+    "difficulty",
+    "alignment",
+    "temporal_bonus",
+    "source_prior",
+    "base_score",
+    "base_norm",
+    "vds3",
+    "quality_z",
+    "has_metrics",
+    "score",
+)
+
+
+@dataclass(frozen=True)
+class Ablations:
+    """Switches that drop one term each (the paper's ablation rows)."""
+
+    no_vds: bool = False  # drop the vds3' term of the video score
+    no_ppl: bool = False  # drop naturalness from the heuristic base
+    no_sc: bool = False  # drop the quality (q') term
+    no_vds3_budget: bool = False  # skip the VDS3 budget adjustment
+
+    def active(self) -> list[str]:
+        """Names of the switches that are on."""
+        return [name for name, on in vars(self).items() if on]
+
+
+# ---- metric z-scores ----------------------------------------------------------------------
+
+
+def welford_mean_std(values: np.ndarray) -> tuple[int, float, float]:
+    """(count, mean, sample std) by Welford's running update in input order (the published stats)."""
+    count, mean, m2 = 0, 0.0, 0.0
+    for x in values.tolist():
+        count += 1
+        delta = x - mean
+        mean += delta / count
+        m2 += delta * (x - mean)
+    if count <= 1:
+        return count, mean, 1.0
+    var = m2 / (count - 1)
+    return count, mean, 1.0 if var <= STD_VAR_FLOOR else math.sqrt(var)
+
+
+def numpy_mean_std(values: np.ndarray) -> tuple[int, float, float]:
+    """(count, mean, sample std) with numpy's pairwise sums; std 1 when the variance is ~0."""
+    count = int(values.size)
+    if count == 0:
+        return 0, 0.0, 1.0
+    mean = float(values.mean())
+    if count <= 1:
+        return count, mean, 1.0
+    var = float(values.var(ddof=1))
+    return count, mean, 1.0 if var <= STD_VAR_FLOOR else math.sqrt(var)
+
+
+def metric_stats(rows: pl.DataFrame, *, running: bool) -> dict[str, tuple[float, float]]:
+    """Mean and sample std of each metric column over every metrics row (file order, nulls skipped)."""
+    out: dict[str, tuple[float, float]] = {}
+    for col in METRIC_COLUMNS:
+        if col not in rows.columns:
+            continue
+        values = rows[col].drop_nulls().drop_nans().to_numpy().astype(np.float64, copy=False)
+        count, mean, std = (welford_mean_std if running else numpy_mean_std)(values)
+        if count > 0:
+            out[col] = (mean, std)
+    return out
+
+
+def _z(values: np.ndarray, stat: tuple[float, float] | None) -> np.ndarray:
+    """Clipped z-scores; NaN where the value (or the whole signal) is missing."""
+    if stat is None:
+        return np.full(values.shape, np.nan)
+    mean, std = stat
+    if std <= 0:
+        return np.where(np.isnan(values), np.nan, 0.0)
+    return np.clip((values - mean) / std, -Z_CAP, Z_CAP)
+
+
+def metric_z_terms(metrics: pl.DataFrame, stats: dict[str, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(vds3', q') per metrics row: -z(loss_video)+z(loss_blind)+z(frame_div), else fallbacks; z(quality)."""
+    z = {}
+    for col in METRIC_COLUMNS:
+        raw = metrics[col].fill_nan(None).to_numpy() if col in metrics.columns else None
+        values = np.full(metrics.height, np.nan) if raw is None else raw.astype(np.float64)
+        z[col] = _z(values, stats.get(col))
+    lv, lb, fd, vds = z["loss_video"], z["loss_blind"], z["frame_diversity"], z["vds"]
+    have_losses = ~np.isnan(lv) & ~np.isnan(lb) & ~np.isnan(fd)
+    have_vds_fd = ~np.isnan(vds) & ~np.isnan(fd)
+    have_vds = ~np.isnan(vds)
+    vds3 = np.where(
+        have_losses,
+        -lv + lb + fd,
+        np.where(have_vds_fd, vds + VDS3_FALLBACK_FD_WEIGHT * fd, np.where(have_vds, vds, 0.0)),
+    )
+    quality = np.where(np.isnan(z["quality"]), 0.0, z["quality"])
+    return vds3, quality
+
+
+# ---- heuristic terms, one Python evaluation per distinct key ------------------------------
+
+
+def naturalness(qn_raw: int, an_raw: int, distinct: int) -> float:
+    """PPL-like naturalness of a QA from its token counts and distinct answer tokens."""
+    qn, an = max(1, qn_raw), max(1, an_raw)
+    q_term = -abs(math.log(qn) - math.log(NAT_QUESTION_CENTRE))
+    a_term = -abs(math.log(an) - math.log(NAT_ANSWER_CENTRE))
+    repeat_pen = max(0.0, NAT_DISTINCT_FLOOR - distinct / float(an))
+    return float(q_term + NAT_ANSWER_WEIGHT * a_term - NAT_REPEAT_WEIGHT * repeat_pen)
+
+
+def difficulty(qn: int, an: int) -> float:
+    """Difficulty bump centred on 22 effective tokens (qn + 0.5 an)."""
+    x = max(1.0, qn + DIFF_ANSWER_SHARE * an)
+    z = abs(math.log(x) - math.log(DIFF_CENTRE))
+    return float(math.exp(-z * z / (2.0 * DIFF_WIDTH * DIFF_WIDTH)))
+
+
+def alignment(values: tuple[str, ...], probs: dict[str, dict[str, float]]) -> float:
+    """Mean log pool probability of the six non-bucket field values."""
+    logs = [math.log(max(probs.get(f, {}).get(v, ALIGN_FLOOR), ALIGN_FLOOR)) for f, v in zip(ALIGN_FIELDS, values)]
+    return float(sum(logs) / len(logs))
+
+
+def source_prior(count: int, total: int) -> float:
+    """ln((total + 1) / (count(data_source) + 1)): rarer sources score higher."""
+    return float(math.log((total + 1.0) / (count + 1.0)))
+
+
+def _map_by_key(frame: pl.DataFrame, keys: list[str], fn, name: str) -> np.ndarray:  # noqa: ANN001
+    """fn(*key) for every row, evaluated once per distinct key and joined back."""
+    distinct = frame.select(keys).unique(maintain_order=True)
+    values = [fn(*row) for row in distinct.iter_rows()]
+    mapping = distinct.with_columns(pl.Series(name, values, dtype=pl.Float64))
+    joined = frame.select(keys).join(mapping, on=keys, how="left", maintain_order="left", nulls_equal=True)
+    return joined[name].to_numpy()
+
+
+def distinct_answer_tokens_expr(col: str = "answer") -> pl.Expr:
+    """Number of distinct lower-cased `[A-Za-z0-9_]+` tokens of a text column."""
+    return pl.col(col).str.to_lowercase().str.extract_all(TOKEN_PATTERN).list.n_unique().cast(pl.Int32)
+
+
+def score_terms(
+    qa: pl.DataFrame,
+    *,
+    field_probs: dict[str, dict[str, float]],
+    source_counts: dict[str, int],
+    total: int,
+    qa_vds3: np.ndarray,
+    qa_quality: np.ndarray,
+    has_metrics: np.ndarray,
+    ablations: Ablations = Ablations(),
+) -> pl.DataFrame:
+    """Every score term and the final score per QA row (columns SCORE_COLUMNS, row order kept).
+
+    Needs question_len, answer_len, answer, bucket, data_source and the six ALIGN_FIELDS.
+    """
+    keys = qa.select(
+        "question_len",
+        "answer_len",
+        "data_source",
+        *ALIGN_FIELDS,
+        distinct_answer=distinct_answer_tokens_expr("answer"),
+        is_video=pl.col("bucket") == BUCKET_VIDEO,
+    )
+    nat = _map_by_key(keys, ["question_len", "answer_len", "distinct_answer"], naturalness, "nat")
+    diff = _map_by_key(keys, ["question_len", "answer_len"], difficulty, "diff")
+    align = _map_by_key(keys, list(ALIGN_FIELDS), lambda *v: alignment(v, field_probs), "align")
+    prior = _map_by_key(keys, ["data_source"], lambda s: source_prior(source_counts.get(s, 1), total), "prior")
+    tbonus = _map_by_key(
+        keys, ["temporal_category"], lambda t: TEMPORAL_BONUS.get(t, TEMPORAL_BONUS_OTHER), "tbonus"
+    )
+    is_video = keys["is_video"].to_numpy()
+    ppl_term = np.zeros_like(nat) if ablations.no_ppl else nat
+    # Same operation order as the published per-row sums, so the floats match exactly.
+    base_video = W_VIDEO_NAT * ppl_term + W_VIDEO_DIFF * diff + W_VIDEO_ALIGN * align + W_VIDEO_TBONUS * tbonus + W_VIDEO_PRIOR * prior
+    base_image = W_IMAGE_NAT * ppl_term + W_IMAGE_DIFF * diff + W_IMAGE_ALIGN * align + W_IMAGE_PRIOR * prior
+    base = np.where(is_video, base_video, base_image)
+    uniq, inverse = np.unique(base, return_inverse=True)
+    base_norm = np.array([math.tanh(b / BASE_SQUASH) for b in uniq.tolist()], dtype=np.float64)[inverse]
+    vds3_norm = np.clip(qa_vds3, -Z_CAP, Z_CAP) / max(Z_CAP, 1e-6)
+    quality_norm = np.clip(qa_quality, -Z_CAP, Z_CAP) / max(Z_CAP, 1e-6)
+    zero = np.zeros_like(base)
+    video = W_VIDEO_BASE * base_norm
+    video = video + np.where(has_metrics & (not ablations.no_vds), W_VIDEO_VDS3 * vds3_norm, zero)
+    video = video + np.where(has_metrics & (not ablations.no_sc), W_VIDEO_QUALITY * quality_norm, zero)
+    video = video - np.where(has_metrics, zero, MISSING_METRICS_PENALTY)
+    image = W_IMAGE_BASE * base_norm
+    image = image + np.where(has_metrics & (not ablations.no_sc), W_IMAGE_QUALITY * quality_norm, zero)
+    score = np.where(is_video, video, image)
+    return pl.DataFrame(
+        {
+            "naturalness": nat,
+            "difficulty": diff,
+            "alignment": align,
+            "temporal_bonus": np.where(is_video, tbonus, 0.0),
+            "source_prior": prior,
+            "base_score": base,
+            "base_norm": base_norm,
+            "vds3": qa_vds3,
+            "quality_z": qa_quality,
+            "has_metrics": has_metrics,
+            "score": score,
+        }
+    )
