@@ -203,7 +203,15 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
             tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
             if DUCKDB_TABLE not in tables:
                 raise MetricsError(f"{where}: no table {DUCKDB_TABLE!r} (tables: {', '.join(sorted(tables)) or 'none'})")
-            frame = con.execute(f"select * from {DUCKDB_TABLE}").pl()
+            columns = [
+                r[0]
+                for r in con.execute(
+                    "select column_name from information_schema.columns where table_name = ? order by ordinal_position",
+                    [DUCKDB_TABLE],
+                ).fetchall()
+            ]
+            wanted = [c for c in columns if c == "qa_uid" or c in METRIC_COLUMNS or c in METRIC_ALIASES]
+            frame = con.sql(f"select {', '.join(wanted) or '*'} from {DUCKDB_TABLE}").pl()
         finally:
             con.close()
         return MetricsTable(_normalise_columns(frame, f"{where} [{DUCKDB_TABLE}]"), where, "duckdb")

@@ -219,9 +219,9 @@ def load_exclusion_reference(paths: Sequence[Path | str], mode: ExcludeMode = "b
 
 def exclusion_reason(qa: pl.DataFrame, ref: ExclusionReference) -> pl.Series:
     """Per QA: "question" or "qa" when it matches the reference (question checked first), else null."""
-    q_hit = pl.col("question").is_in(pl.Series(sorted(ref.questions), dtype=pl.String))
+    q_hit = pl.col("question").is_in(pl.lit(pl.Series(sorted(ref.questions), dtype=pl.String)).implode())
     qa_text = pl.concat_str([pl.col("question"), pl.col("answer")], separator="\t")
-    qa_hit = qa_text.is_in(pl.Series(sorted(ref.qa_pairs), dtype=pl.String))
+    qa_hit = qa_text.is_in(pl.lit(pl.Series(sorted(ref.qa_pairs), dtype=pl.String)).implode())
     expr = pl.when(q_hit).then(pl.lit("question")).when(qa_hit).then(pl.lit("qa")).otherwise(pl.lit(None))
     return qa.select(expr.cast(pl.String).alias("reason"))["reason"]
 
@@ -483,8 +483,13 @@ def select_gdo(
     )
 
 
-def select_uni(order: np.ndarray, uni_count: int, max_qa_per_video: int, row_attrs: _RowAttrs) -> list[int]:
-    """Uni-10x from the shuffled reservoir: unique uid+text+per-video cap, then relax text, then anything."""
+def select_uni(
+    order: np.ndarray, uni_count: int, max_qa_per_video: int, row_attrs: _RowAttrs, *, repeats: bool = False
+) -> list[int]:
+    """Uni-10x from the shuffled reservoir: unique uid+text+per-video cap, then relax text, then anything left.
+
+    repeats=True is the published last pass, which appends reservoir rows even if already taken.
+    """
     a = row_attrs
     acc = _Acceptor(a.uid, a.text, a.is_video, a.video_uid, max_video=None, max_per_video=max_qa_per_video, limit=uni_count)
     pool = order.tolist()
@@ -498,10 +503,12 @@ def select_uni(order: np.ndarray, uni_count: int, max_qa_per_video: int, row_att
                 break
             acc.take(i, STAGE_UNI, enforce_text=False)
     rows = acc.rows
-    for i in pool:  # the published last resort: anything left, even repeats
+    taken = set() if repeats else set(rows)
+    for i in pool:
         if len(rows) >= uni_count:
             break
-        rows.append(i)
+        if i not in taken:
+            rows.append(i)
     return rows[:uni_count]
 
 
@@ -747,7 +754,7 @@ def select_subsets(
         max_qa_per_video=profile.max_qa_per_video,
         row_attrs=attrs,
     )
-    uni_rows = select_uni(draws.uni_order, uni_count, profile.max_qa_per_video, attrs)
+    uni_rows = select_uni(draws.uni_order, uni_count, profile.max_qa_per_video, attrs, repeats=(mode == "published"))
     step("select")
 
     field_probs = prof.field_probs()
@@ -764,6 +771,14 @@ def select_subsets(
         "selection_stage_counts": gdo.stage_counts,
         "unmet_constraints": gdo.unmet,
     }
+    floors = constraints.source_group_floor_requirements
+    achieved["source_group_floor_achieved"] = {g: gdo.group_counts.get(g, 0) for g in floors}
+    achieved["all_constraints_met"] = bool(
+        constraints.min_video_count <= gdo.video_count <= constraints.max_video_count
+        and gdo.temporal_video_count >= constraints.min_temporal_video_count
+        and all(gdo.group_counts.get(g, 0) >= req for g, req in floors.items())
+        and n_sel == target_count
+    )
     report = {
         "profile": profile.name,
         "mode": mode,
