@@ -71,7 +71,8 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
 
 
 def _run(defs, job_name: str, instance, **kwargs):
-    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, **kwargs)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, run_config=quiet, **kwargs)
     if not result.success:
         raise RuntimeError(f"Dagster job {job_name} failed")
     return result
