@@ -217,7 +217,7 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
         return MetricsTable(_normalise_columns(frame, f"{where} [{DUCKDB_TABLE}]"), where, "duckdb")
     raw = gzip.decompress(path.read_bytes()) if kind == "jsonl.gz" else path.read_bytes()
     try:  # fast path: flat, well-formed rows
-        frame = pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
+        frame = pl.read_ndjson(io.BytesIO(raw))
         if "data_quality_metrics" not in frame.columns and frame.height == raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1):
             frame = _normalise_columns(frame, where)
             if frame["qa_uid"].null_count() == 0 and not (frame["qa_uid"].str.strip_chars() == "").any():

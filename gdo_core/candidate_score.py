@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from gdo_core.schema import BUCKET_VIDEO
-from gdo_core.strata import TEMPORAL_PATTERN, TOKEN_PATTERN  # noqa: F401 - TOKEN_PATTERN used below
+from gdo_core.strata import TOKEN_PATTERN
 
 # Naturalness ("PPL-like"): -|ln qn - ln 14| - 1.25 |ln an - ln 16| - 1.2 max(0, 0.55 - distinct(a)/an).
 NAT_QUESTION_CENTRE = 14.0
@@ -185,58 +184,95 @@ def source_prior(count: int, total: int) -> float:
     return float(math.log((total + 1.0) / (count + 1.0)))
 
 
-def _map_by_key(frame: pl.DataFrame, keys: list[str], fn, name: str) -> np.ndarray:  # noqa: ANN001
-    """fn(*key) for every row, evaluated once per distinct key and joined back."""
-    distinct = frame.select(keys).unique(maintain_order=True)
-    values = [fn(*row) for row in distinct.iter_rows()]
-    mapping = distinct.with_columns(pl.Series(name, values, dtype=pl.Float64))
-    joined = frame.select(keys).join(mapping, on=keys, how="left", maintain_order="left", nulls_equal=True)
-    return joined[name].to_numpy()
+KEY_BITS = 21  # token counts are packed three to an int64 key
 
 
-def distinct_answer_tokens_expr(col: str = "answer") -> pl.Expr:
-    """Number of distinct lower-cased `[A-Za-z0-9_]+` tokens of a text column."""
-    return pl.col(col).str.to_lowercase().str.extract_all(TOKEN_PATTERN).list.n_unique().cast(pl.Int32)
+def _per_key(columns: list[np.ndarray], fn) -> np.ndarray:  # noqa: ANN001
+    """fn(*key) for every row of integer key columns, evaluated once per distinct key."""
+    stacked = np.stack([np.asarray(c, dtype=np.int64) for c in columns], axis=1)
+    if stacked.size and (stacked.min() >= 0) and (stacked.max() < (1 << KEY_BITS)):
+        packed = np.zeros(stacked.shape[0], dtype=np.int64)
+        for j in range(stacked.shape[1]):
+            packed = (packed << KEY_BITS) | stacked[:, j]
+        uniq_packed, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+        uniq = stacked[first]
+    else:
+        uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    values = np.array([fn(*row) for row in uniq.tolist()], dtype=np.float64)
+    return values[inverse.reshape(-1)] if values.size else np.zeros(stacked.shape[0])
+
+
+PLAIN_TEXT_PATTERN = r"^[A-Za-z0-9_]+( [A-Za-z0-9_]+)*$"  # tokens joined by single spaces
+
+
+def _distinct_tokens(texts: pl.Series) -> np.ndarray:
+    """Distinct token counts; plain texts (tokens and single spaces) take the 2x cheaper split path."""
+    plain = texts.str.contains(PLAIN_TEXT_PATTERN).fill_null(False).to_numpy()
+    out = np.zeros(texts.len(), dtype=np.int64)
+    if plain.any():
+        out[plain] = texts.filter(plain).str.to_lowercase().str.split(" ").list.n_unique().to_numpy()
+    if not plain.all():
+        rest = texts.filter(~plain).str.to_lowercase().str.extract_all(TOKEN_PATTERN)
+        out[~plain] = rest.list.n_unique().fill_null(0).to_numpy()
+    return out
+
+
+def distinct_answer_tokens(answers: pl.Series) -> np.ndarray:
+    """Distinct lower-cased `[A-Za-z0-9_]+` tokens per answer (once per distinct answer when many repeat)."""
+    n = answers.len()
+    if answers.n_unique() > 0.7 * n:  # mostly unique texts: tokenise every row
+        return _distinct_tokens(answers)
+    table = answers.unique(maintain_order=True).alias("answer").to_frame()
+    table = table.with_columns(pl.Series("d", _distinct_tokens(table["answer"])))
+    joined = answers.alias("answer").to_frame().join(table, on="answer", how="left", maintain_order="left", nulls_equal=True)
+    return joined["d"].to_numpy()
+
+
+@dataclass
+class ScoreInputs:
+    """Per-QA integer keys and the per-stratum / per-source values the heuristic terms need."""
+
+    question_len: np.ndarray
+    answer_len: np.ndarray
+    distinct_answer: np.ndarray
+    is_video: np.ndarray
+    stratum_code: np.ndarray  # per QA, into strata_fields
+    strata_fields: list[dict[str, str]]  # per stratum: its field values
+    source_code: np.ndarray  # per QA, into source_counts
+    source_counts: list[int]  # per source code: QAs with that data_source
+    field_probs: dict[str, dict[str, float]]
+    total: int
 
 
 def score_terms(
-    qa: pl.DataFrame,
+    inputs: ScoreInputs,
     *,
-    field_probs: dict[str, dict[str, float]],
-    source_counts: dict[str, int],
-    total: int,
     qa_vds3: np.ndarray,
     qa_quality: np.ndarray,
     has_metrics: np.ndarray,
     ablations: Ablations = Ablations(),
 ) -> pl.DataFrame:
-    """Every score term and the final score per QA row (columns SCORE_COLUMNS, row order kept).
-
-    Needs question_len, answer_len, answer, bucket, data_source and the six ALIGN_FIELDS.
-    """
-    keys = qa.select(
-        "question_len",
-        "answer_len",
-        "data_source",
-        *ALIGN_FIELDS,
-        distinct_answer=distinct_answer_tokens_expr("answer"),
-        is_video=pl.col("bucket") == BUCKET_VIDEO,
+    """Every score term and the final score per QA row (columns SCORE_COLUMNS, row order kept)."""
+    nat = _per_key([inputs.question_len, inputs.answer_len, inputs.distinct_answer], naturalness)
+    diff = _per_key([inputs.question_len, inputs.answer_len], difficulty)
+    align_by_stratum = np.array(
+        [alignment(tuple(f[k] for k in ALIGN_FIELDS), inputs.field_probs) for f in inputs.strata_fields], dtype=np.float64
     )
-    nat = _map_by_key(keys, ["question_len", "answer_len", "distinct_answer"], naturalness, "nat")
-    diff = _map_by_key(keys, ["question_len", "answer_len"], difficulty, "diff")
-    align = _map_by_key(keys, list(ALIGN_FIELDS), lambda *v: alignment(v, field_probs), "align")
-    prior = _map_by_key(keys, ["data_source"], lambda s: source_prior(source_counts.get(s, 1), total), "prior")
-    tbonus = _map_by_key(
-        keys, ["temporal_category"], lambda t: TEMPORAL_BONUS.get(t, TEMPORAL_BONUS_OTHER), "tbonus"
+    tbonus_by_stratum = np.array(
+        [TEMPORAL_BONUS.get(f["temporal_category"], TEMPORAL_BONUS_OTHER) for f in inputs.strata_fields], dtype=np.float64
     )
-    is_video = keys["is_video"].to_numpy()
+    prior_by_source = np.array([source_prior(c, inputs.total) for c in inputs.source_counts], dtype=np.float64)
+    align = align_by_stratum[inputs.stratum_code]
+    tbonus = tbonus_by_stratum[inputs.stratum_code]
+    prior = prior_by_source[inputs.source_code]
+    is_video = inputs.is_video
     ppl_term = np.zeros_like(nat) if ablations.no_ppl else nat
     # Same operation order as the published per-row sums, so the floats match exactly.
     base_video = W_VIDEO_NAT * ppl_term + W_VIDEO_DIFF * diff + W_VIDEO_ALIGN * align + W_VIDEO_TBONUS * tbonus + W_VIDEO_PRIOR * prior
     base_image = W_IMAGE_NAT * ppl_term + W_IMAGE_DIFF * diff + W_IMAGE_ALIGN * align + W_IMAGE_PRIOR * prior
     base = np.where(is_video, base_video, base_image)
     uniq, inverse = np.unique(base, return_inverse=True)
-    base_norm = np.array([math.tanh(b / BASE_SQUASH) for b in uniq.tolist()], dtype=np.float64)[inverse]
+    base_norm = np.array([math.tanh(b / BASE_SQUASH) for b in uniq.tolist()], dtype=np.float64)[inverse.reshape(-1)]
     vds3_norm = np.clip(qa_vds3, -Z_CAP, Z_CAP) / max(Z_CAP, 1e-6)
     quality_norm = np.clip(qa_quality, -Z_CAP, Z_CAP) / max(Z_CAP, 1e-6)
     zero = np.zeros_like(base)

@@ -30,6 +30,8 @@ import polars as pl
 from gdo_core import budget as B
 from gdo_core.candidate_score import (
     Ablations,
+    ScoreInputs,
+    distinct_answer_tokens,
     metric_stats,
     metric_z_terms,
     score_terms,
@@ -73,8 +75,9 @@ class PoolProfile:
     group_counts: dict[str, int]
     bucket_counts: dict[str, int]
     video_temporal_counts: dict[str, int]
-    stratum_code: np.ndarray  # per QA row
+    stratum_code: np.ndarray  # per QA row, index into strata
     group_code: np.ndarray  # per QA row, index into group_counts
+    source_code: np.ndarray  # per QA row, index into source_counts
 
     def field_probs(self) -> dict[str, dict[str, float]]:
         """p(value) per field (count / field total), the `stable_profile` of the published code."""
@@ -98,33 +101,61 @@ class PoolProfile:
         }
 
 
-def _first_seen_codes(qa: pl.DataFrame, col: str) -> tuple[pl.DataFrame, np.ndarray]:
-    """(distinct values with counts in first-seen order, per-row code into that table)."""
-    table = qa.group_by(col, maintain_order=True).len(name="count").with_row_index("code")
-    codes = qa.select(col).join(table.select(col, "code"), on=col, how="left", maintain_order="left", nulls_equal=True)
-    return table, codes["code"].to_numpy().astype(np.int64)
+def _codes(qa: pl.DataFrame, table: pl.DataFrame, col: str) -> np.ndarray:
+    """Per-row index into `table` (which holds the distinct values of `col` with a `code` column)."""
+    joined = qa.select(col).join(table.select(col, "code"), on=col, how="left", maintain_order="left", nulls_equal=True)
+    return joined["code"].to_numpy().astype(np.int64)
 
 
 def pool_profile(qa: pl.DataFrame) -> PoolProfile:
-    """Counts of the pool's field values, strata, sources, groups and buckets, in first-seen order."""
-    field_counts = {
-        name: dict(qa.group_by(name, maintain_order=True).len().iter_rows()) for name in STRATUM_FIELDS
-    }
-    strata_table, stratum_code = _first_seen_codes(qa, "stratum")
-    firsts = qa.group_by("stratum", maintain_order=True).agg([pl.col(f).first() for f in STRATUM_FIELDS])
-    strata = strata_table.join(firsts, on="stratum", how="left", maintain_order="left")
-    group_table, group_code = _first_seen_codes(qa, "source_group")
-    video = qa.filter(pl.col("bucket") == BUCKET_VIDEO)
+    """Counts of the pool's field values, strata, sources, groups and buckets, in first-seen order.
+
+    Only the stratum and data_source passes touch every row; the field, group and bucket counts
+    are sums over the stratum table (a value's first stratum holds its first row, so the
+    first-seen order is the same).
+    """
+    strata = (
+        qa.group_by("stratum", maintain_order=True)
+        .agg(pl.len().alias("count"), *[pl.col(f).first() for f in STRATUM_FIELDS])
+        .with_row_index("code")
+    )
+    stratum_code = _codes(qa, strata, "stratum")
+    sources = qa.group_by("data_source", maintain_order=True).len(name="count").with_row_index("code")
+    source_code = _codes(qa, sources, "data_source")
+
+    def sums(frame: pl.DataFrame, col: str) -> dict[str, int]:
+        return dict(frame.group_by(col, maintain_order=True).agg(pl.col("count").sum()).iter_rows())
+
+    field_counts = {name: sums(strata, name) for name in STRATUM_FIELDS}
+    groups = strata.group_by("source_group", maintain_order=True).agg(pl.col("count").sum()).with_row_index("code")
+    group_of_stratum = _codes(strata, groups, "source_group")
     return PoolProfile(
         total=qa.height,
         field_counts=field_counts,
         strata=strata,
-        source_counts=dict(qa.group_by("data_source", maintain_order=True).len().iter_rows()),
-        group_counts=dict(group_table.select("source_group", "count").iter_rows()),
+        source_counts=dict(sources.select("data_source", "count").iter_rows()),
+        group_counts=dict(groups.select("source_group", "count").iter_rows()),
         bucket_counts=dict(field_counts["bucket"]),
-        video_temporal_counts=dict(video.group_by("temporal_category", maintain_order=True).len().iter_rows()),
+        video_temporal_counts=sums(strata.filter(pl.col("bucket") == BUCKET_VIDEO), "temporal_category"),
         stratum_code=stratum_code,
-        group_code=group_code,
+        group_code=group_of_stratum[stratum_code],
+        source_code=source_code,
+    )
+
+
+def score_inputs(qa: pl.DataFrame, prof: PoolProfile) -> ScoreInputs:
+    """The per-QA keys and per-stratum / per-source tables of the candidate score."""
+    return ScoreInputs(
+        question_len=qa["question_len"].to_numpy(),
+        answer_len=qa["answer_len"].to_numpy(),
+        distinct_answer=distinct_answer_tokens(qa["answer"]),
+        is_video=(qa["bucket"] == BUCKET_VIDEO).to_numpy(),
+        stratum_code=prof.stratum_code,
+        strata_fields=prof.strata.select(STRATUM_FIELDS).to_dicts(),
+        source_code=prof.source_code,
+        source_counts=list(prof.source_counts.values()),
+        field_probs=prof.field_probs(),
+        total=prof.total,
     )
 
 
@@ -388,18 +419,52 @@ class _Acceptor:
                 self.per_video[vuid] += 1
         return True
 
-    def fill(self, pool: Iterable[int], need: int, stage: str, on_take: Callable[[int], None] | None = None) -> int:
-        """Take up to `need` rows from the pool in order; returns how many are still missing."""
+    def fill(
+        self,
+        pool: Iterable[int],
+        need: int,
+        stage: str,
+        on_take: Callable[[int], None] | None = None,
+        enforce_text: bool = True,
+    ) -> int:
+        """Take up to `need` rows from the pool in order; returns how many are still missing.
+
+        The acceptance rule of `can_take`/`take`, inlined: this loop runs over every candidate.
+        """
         remain = max(0, int(need))
         if remain <= 0:
             return 0
+        uid, text, is_video, video_uid = self.uid, self.text, self.is_video, self.video_uid
+        used_uid, used_text, per_video, rows, stages = self.used_uid, self.used_text, self.per_video, self.rows, self.stages
+        max_video = self.max_video if self.max_video is not None else len(uid) + len(rows) + 1
+        max_per_video, limit = self.max_per_video, self.limit
         for i in pool:
-            if remain <= 0 or len(self.rows) >= self.limit:
+            if remain <= 0 or len(rows) >= limit:
                 break
-            if self.take(i, stage):
-                remain -= 1
-                if on_take is not None:
-                    on_take(i)
+            u = uid[i]
+            if u in used_uid:
+                continue
+            t = text[i]
+            if enforce_text and t in used_text:
+                continue
+            video = is_video[i]
+            if video:
+                if self.n_video >= max_video:
+                    continue
+                v = video_uid[i]
+                if v and per_video[v] >= max_per_video:
+                    continue
+                self.n_video += 1
+                if v:
+                    per_video[v] += 1
+            rows.append(i)
+            stages.append(stage)
+            used_uid.add(u)
+            if enforce_text:
+                used_text.add(t)
+            remain -= 1
+            if on_take is not None:
+                on_take(i)
         return remain
 
 
@@ -493,15 +558,9 @@ def select_uni(
     a = row_attrs
     acc = _Acceptor(a.uid, a.text, a.is_video, a.video_uid, max_video=None, max_per_video=max_qa_per_video, limit=uni_count)
     pool = order.tolist()
-    for i in pool:
-        if len(acc.rows) >= uni_count:
-            break
-        acc.take(i, STAGE_UNI, enforce_text=True)
+    acc.fill(pool, uni_count, STAGE_UNI, enforce_text=True)
     if len(acc.rows) < uni_count:
-        for i in pool:
-            if len(acc.rows) >= uni_count:
-                break
-            acc.take(i, STAGE_UNI, enforce_text=False)
+        acc.fill(pool, uni_count - len(acc.rows), STAGE_UNI, enforce_text=False)
     rows = acc.rows
     taken = set() if repeats else set(rows)
     for i in pool:
@@ -527,7 +586,7 @@ class _RowAttrs:
 
 def _row_attrs(qa: pl.DataFrame, rows: np.ndarray, stratum_code: np.ndarray, temporal_set: Sequence[str]) -> _RowAttrs:
     rows = np.unique(rows)
-    sub = qa[rows].select(
+    sub = qa.select("qa_uid", "question", "answer", "bucket", "video_uid", "temporal_category", "source_group")[rows].select(
         "qa_uid",
         text=pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR),
         is_video=pl.col("bucket") == BUCKET_VIDEO,
@@ -579,7 +638,7 @@ def subset_summary(qa: pl.DataFrame, rows: Sequence[int], field_probs: dict[str,
     """Count, bucket counts and the JS divergence of every field against the full pool."""
     if not rows:
         return {"count": 0}
-    sub = qa[np.asarray(rows, dtype=np.int64)]
+    sub = qa.select(list(field_probs) + ["bucket"] * ("bucket" not in field_probs))[np.asarray(rows, dtype=np.int64)]
     js: dict[str, float] = {}
     for name, target in field_probs.items():
         counts = dict(sub.group_by(name, maintain_order=True).len().iter_rows())
@@ -626,7 +685,8 @@ def _metric_terms_for_pool(
         return zeros, zeros.copy(), np.zeros(n, dtype=bool), np.zeros(0), {}
     stats = metric_stats(metrics, running=(mode == "published"))
     # One metrics row per qa_uid (the last one wins, as in a dict keyed by qa_uid).
-    unique = metrics.unique(subset="qa_uid", keep="last", maintain_order=True)
+    duplicated = metrics["qa_uid"].n_unique() < metrics.height
+    unique = metrics.unique(subset="qa_uid", keep="last", maintain_order=True) if duplicated else metrics
     vds3_all, quality_all = metric_z_terms(unique, stats)
     table = unique.select("qa_uid").with_columns(
         pl.Series("m_vds3", vds3_all), pl.Series("m_quality", quality_all), pl.lit(True).alias("m_has")
@@ -718,10 +778,7 @@ def select_subsets(
 
     # Candidate score (§5.4).
     scores = score_terms(
-        qa,
-        field_probs=prof.field_probs(),
-        source_counts=prof.source_counts,
-        total=total,
+        score_inputs(qa, prof),
         qa_vds3=qa_vds3,
         qa_quality=qa_quality,
         has_metrics=has_metrics,
@@ -815,7 +872,9 @@ def sft_rows(
 ) -> pl.DataFrame:
     """Output rows (one struct column per JSON key) in the published SFT shape; default mode adds stage and terms."""
     idx = pl.Series("row", np.asarray(rows, dtype=np.int64))
-    sub = pl.concat([qa[idx], scores[idx]], how="horizontal")
+    needed = ["qa_uid", "video_uid", "question_form", "question", "answer", "frames", "n_frames", "temporal_category",
+              "bucket", "data_source"]
+    sub = pl.concat([qa.select(needed)[idx], scores[idx]], how="horizontal")
     if stages is not None:
         sub = sub.with_columns(pl.Series("stage", list(stages), dtype=pl.String))
     is_video = pl.col("bucket") == BUCKET_VIDEO

@@ -164,8 +164,7 @@ def _terms(qa, metrics, ablations=Ablations()):
     vds3, quality, has, _, _ = S._metric_terms_for_pool(qa, metrics, "default")
     from gdo_core.candidate_score import score_terms
 
-    return score_terms(qa, field_probs=prof.field_probs(), source_counts=prof.source_counts, total=prof.total,
-                       qa_vds3=vds3, qa_quality=quality, has_metrics=has, ablations=ablations)
+    return score_terms(S.score_inputs(qa, prof), qa_vds3=vds3, qa_quality=quality, has_metrics=has, ablations=ablations)
 
 
 def test_each_ablation_changes_exactly_its_term():
@@ -425,3 +424,14 @@ def test_sft_rows_shape():
     default = S.sft_rows(result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode="default").to_dicts()
     assert default[0]["meta"]["stage"] == result.gdo.stages[0]
     assert "naturalness" in default[0]["meta"]["filter_score_detail"]
+
+
+@pytest.mark.parametrize("repeat", [1, 5])
+def test_distinct_answer_tokens_match_python(repeat):
+    import re
+
+    from gdo_core.candidate_score import distinct_answer_tokens
+
+    texts = ["a b a", "Dog dog DOG", "x_1 x_1, y-2!", "", "é ü a", "It's 3.5 km", "one", "A. B. a", "K \u212a k"] * repeat
+    expected = [len(set(re.findall(r"[A-Za-z0-9_]+", t.lower()))) for t in texts]
+    assert distinct_answer_tokens(pl.Series(texts)).tolist() == expected
