@@ -52,6 +52,7 @@ class MotionResult:
     frame_diversity: float
     vision_feature: np.ndarray
     unreadable: tuple[int, ...] = field(default=())  # indices into the frame list
+    attempted: int = 0  # sampled frames it tried to decode
 
     @property
     def frames_unreadable(self) -> int:
@@ -115,7 +116,7 @@ def frame_list_motion(frames: Sequence[str]) -> MotionResult:
     grays = [flow_gray(decoded[i]) for i in flow_idx if decoded[i] is not None]
     amm, diversity = motion_of_grays(grays)
     rgb_stats = vision_feature([decoded[i] for i in vision_idx if decoded[i] is not None])
-    return MotionResult(amm, diversity, rgb_stats, unreadable)
+    return MotionResult(amm, diversity, rgb_stats, unreadable, len(decoded))
 
 
 def _init_worker() -> None:
