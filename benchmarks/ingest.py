@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -79,17 +80,19 @@ def main() -> None:
             "import resource, sys, time, json; from gdo_core.pool import ingest; t=time.perf_counter(); "
             f"s=ingest({str(ov)!r}, {str(vv)!r}, {str(out)!r}); dt=time.perf_counter()-t; "
             "print(json.dumps({'qa': s.counts['qa'], 'rejects': s.counts['rejects'], 'seconds': dt, "
-            "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+            "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, "
+            "'worker_peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
         )
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         stats = json.loads(proc.stdout.strip().splitlines()[-1])
         rates.append(stats["qa"] / stats["seconds"])
-        peaks.append(stats["peak_rss_mb"])
+        peaks.append(stats["peak_rss_mb"] + (os.cpu_count() or 1) * stats["worker_peak_rss_mb"])
         print(f"run {run + 1}: {stats['qa']} QA, {stats['rejects']} rejects, {stats['seconds']:.1f} s, "
-              f"{rates[-1]:,.0f} QA/s, peak RSS {stats['peak_rss_mb']:.0f} MB "
+              f"{rates[-1]:,.0f} QA/s, peak RSS {stats['peak_rss_mb']:.0f} MB main + "
+              f"{stats['worker_peak_rss_mb']:.0f} MB per worker "
               f"(process wall {time.perf_counter() - started:.1f} s)", flush=True)
-    print(f"median: {statistics.median(rates):,.0f} QA/s, peak RSS {statistics.median(peaks):.0f} MB "
+    print(f"median: {statistics.median(rates):,.0f} QA/s, peak RSS (main + all workers) {statistics.median(peaks):.0f} MB "
           f"over {args.runs} runs of {args.lines} lines")
 
 
