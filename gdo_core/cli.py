@@ -103,6 +103,41 @@ def ingest(
     typer.echo(f"wrote {len(summary.qa_files)} chunk files to {out / 'qa'} and {summary.rejects_file}")
 
 
+@app.command()
+def extract(
+    pool: Annotated[Path, typer.Option("--pool", help="Output folder of `gdo ingest` (holds qa/*.parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the descriptor shards (OUT/*.parquet).")],
+    model: Annotated[Path | None, typer.Option(help="Model folder (save_pretrained layout).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).")
+    ] = None,
+    tnc_mode: Annotated[str, typer.Option(help="Temporal necessity: llm (ask the model) or regex.")] = "llm",
+    sc_samples: Annotated[int, typer.Option(min=0, help="Sampled answers for self-consistency (0 or 1: off).")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="QAs per model batch.")] = 8,
+    motion_only: Annotated[bool, typer.Option(help="Motion and features only, no model (TNC by regex).")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Per-QA cache folder (default OUT/cache).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the SC samples.")] = 0,
+    workers: Annotated[int | None, typer.Option(min=1, help="Motion processes (default: one per core).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads (default: torch's).")] = None,
+) -> None:
+    """Compute the six descriptors per QA into one Parquet shard per pool chunk (cached per QA)."""
+    from gdo_core.descriptors.extract import extract_descriptors
+
+    with clear_errors():
+        if model is None and not motion_only:
+            raise CliError("give --model PATH, or --motion-only for the descriptors that need no model")
+        if model is not None and not model.is_dir():
+            raise CliError(f"--model {model}: not a directory")
+        summary = extract_descriptors(
+            pool, out, model=model, device=device, dtype=dtype, tnc_mode=tnc_mode, sc_samples=sc_samples,
+            batch_size=batch_size, motion_only=motion_only, cache_dir=cache_dir, seed=seed,
+            motion_workers=workers, torch_threads=threads, progress=sys.stderr.isatty(),
+        )
+    typer.echo(summary.line())
+    typer.echo(f"wrote {len(summary.shards)} shards to {out}")
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
