@@ -46,6 +46,9 @@ KMEANS_MAX_PASSES = 20
 STATS_SAMPLE_ROWS = 800_000
 # Rows per streamed batch for stats, prediction and writing.
 READ_BATCH_ROWS = 65_536
+# DuckDB buffer memory of the writer: beyond it DuckDB evicts written blocks (and spills),
+# which keeps a merge's peak RSS flat in the pool size (~0.7 GiB measured at 1M rows).
+WRITER_MEMORY_LIMIT = "256MB"
 
 # The scalar signals appended to the text and vision features, in the published order.
 FEATURE_SIGNALS: tuple[str, ...] = ("tnc_score", "amm", "frame_diversity", "ppl", "vds")
@@ -142,16 +145,32 @@ def _sorted_existing(paths: Sequence[str | os.PathLike], what: str) -> list[Path
     return out
 
 
+def _castable(actual: pl.DataType, expected: pl.DataType) -> bool:
+    """Whether a file's column type can be read as the schema's type."""
+    if actual == pl.Null():
+        return True
+    if expected.is_numeric():
+        return actual.is_numeric()
+    if isinstance(expected, (pl.Array, pl.List)):
+        return isinstance(actual, (pl.Array, pl.List)) and _castable(actual.inner, expected.inner)
+    if expected == pl.String():
+        return actual in (pl.String(), pl.Categorical())
+    return actual == expected
+
+
 def _check_columns(paths: Sequence[Path], schema: Mapping[str, pl.DataType], what: str) -> None:
-    """Fail naming the first file that lacks a column of `schema`."""
+    """Fail naming the first file that lacks a column of `schema` or holds it with an unreadable type."""
     for path in paths:
         try:
-            names = set(pq.read_schema(path).names)
-        except (pa.ArrowException, OSError) as exc:
+            actual = pl.read_parquet_schema(path)
+        except (pa.ArrowException, OSError, pl.exceptions.PolarsError) as exc:
             raise MergeError(f"{path}: not a readable Parquet {what} file ({exc})") from None
-        missing = [name for name in schema if name not in names]
+        missing = [name for name in schema if name not in actual]
         if missing:
             raise MergeError(f"{path}: {what} file lacks columns {missing} (expected the columns of gdo_core.schema)")
+        for name, dtype in schema.items():
+            if not _castable(actual[name], dtype):
+                raise MergeError(f"{path}: {what} column {name!r} has type {actual[name]}, expected {dtype}")
 
 
 def row_count(paths: Sequence[Path]) -> int:
@@ -170,7 +189,11 @@ def iter_batches(
         for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns)):
             frame = pl.from_arrow(record_batch)
             assert isinstance(frame, pl.DataFrame)
-            pending.append(frame.cast(target))  # type: ignore[arg-type]
+            try:
+                pending.append(frame.cast(target))  # type: ignore[arg-type]
+            except pl.exceptions.PolarsError as exc:
+                detail = str(exc).splitlines()[0]
+                raise MergeError(f"{path}: values do not fit gdo_core.schema ({detail})") from None
             pending_rows += frame.height
             while pending_rows >= batch_rows:
                 joined = pl.concat(pending, rechunk=True)
@@ -312,6 +335,21 @@ def score_batch(
     )
 
 
+DESCRIPTOR_TABLE_ARROW_SCHEMA = pl.DataFrame(schema=DESCRIPTOR_TABLE_SCHEMA).to_arrow().schema
+
+
+def scored_stream(
+    shard_paths: Sequence[Path], model: MiniBatchKMeans | None, stats: Mapping[str, score.RobustStat]
+) -> pa.RecordBatchReader:
+    """The scored descriptor rows of every shard as a lazy Arrow stream (one batch in memory at a time)."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in iter_batches(shard_paths, list(DESCRIPTOR_SCHEMA), READ_BATCH_ROWS):
+            yield from score_batch(batch, model, stats).to_arrow().cast(DESCRIPTOR_TABLE_ARROW_SCHEMA).to_batches()
+
+    return pa.RecordBatchReader.from_batches(DESCRIPTOR_TABLE_ARROW_SCHEMA, batches())
+
+
 def _duplicate_uid_error(con: duckdb.DuckDBPyConnection, table: str, paths: Sequence[Path]) -> MergeError | None:
     """An error naming a duplicated qa_uid and the files that hold it, or None."""
     dup = con.execute(f"SELECT qa_uid FROM {table} GROUP BY qa_uid HAVING count(*) > 1 ORDER BY qa_uid LIMIT 1").fetchall()
@@ -383,7 +421,7 @@ def merge_to_duckdb(
     tmp = temp_db_path(target)
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
+    con = duckdb.connect(str(tmp), config={"memory_limit": WRITER_MEMORY_LIMIT})
     try:
         con.execute("BEGIN TRANSACTION")
         for table, schema in (
@@ -395,10 +433,11 @@ def merge_to_duckdb(
             con.execute(create_table_sql(table, schema))
         _insert_parquet(con, TABLE_QA, QA_SCHEMA, qa_files)
         _insert_parquet(con, TABLE_REJECTS, REJECT_SCHEMA, reject_files)
-        for batch in iter_batches(shards, list(DESCRIPTOR_SCHEMA), READ_BATCH_ROWS):
-            con.register("descriptor_batch", score_batch(batch, model, stats).to_arrow())
-            con.execute(f"INSERT INTO {TABLE_DESCRIPTORS} SELECT * FROM descriptor_batch")
-            con.unregister("descriptor_batch")
+        # One INSERT over a lazy Arrow stream: DuckDB writes full row groups to disk as they
+        # come, while one INSERT per batch would hold every uncommitted row in memory.
+        con.register("scored_descriptors", scored_stream(shards, model, stats))
+        con.execute(f"INSERT INTO {TABLE_DESCRIPTORS} SELECT * FROM scored_descriptors")
+        con.unregister("scored_descriptors")
         timings["predict_write"] = time.perf_counter() - started - sum(timings.values())
 
         for table, paths in ((TABLE_DESCRIPTORS, shards), (TABLE_QA, qa_files)):
@@ -470,6 +509,78 @@ def _report_frame(report: MergeReport) -> pl.DataFrame:
         ],
         schema=MERGE_REPORT_SCHEMA,
     )
+
+
+# Columns that enter rho(x) or are derived for it: none may be null, NaN or infinite.
+SCORE_COLUMNS: tuple[str, ...] = (
+    "sc_filled", "vds3", "ppl_mid", "amm_mid", "cluster_dist", "cluster_rep", "cluster_hard", "quality"
+)
+
+
+def check_counts(db_path: str | os.PathLike) -> dict[str, int]:
+    """Counts the quality checks need, read from a merged database (read-only)."""
+    nonfinite = " OR ".join(f"{c} IS NULL OR NOT isfinite({c})" for c in SCORE_COLUMNS)
+    queries = {
+        "rows": f"SELECT count(*) FROM {TABLE_DESCRIPTORS}",
+        "qa_rows": f"SELECT count(*) FROM {TABLE_QA}",
+        "qa_without_descriptor": f"SELECT count(*) FROM {TABLE_QA} ANTI JOIN {TABLE_DESCRIPTORS} USING (qa_uid)",
+        "nonfinite_score_rows": f"SELECT count(*) FROM {TABLE_DESCRIPTORS} WHERE {nonfinite}",
+        "error_rows": f"SELECT count(*) FROM {TABLE_DESCRIPTORS} WHERE error IS NOT NULL",
+        "distinct_clusters": f"SELECT count(DISTINCT cluster_id) FROM {TABLE_DESCRIPTORS}",
+        "max_cluster_id": f"SELECT coalesce(max(cluster_id), -1) FROM {TABLE_DESCRIPTORS}",
+        "clusters": f"SELECT clusters FROM {TABLE_MERGE_REPORT}",
+        "clusters_requested": f"SELECT clusters_requested FROM {TABLE_MERGE_REPORT}",
+    }
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        return {name: _count(con, query) for name, query in queries.items()}
+    finally:
+        con.close()
+
+
+# Descriptors drawn in the distribution plot (PPL on a log axis), from a sample of the pool.
+PLOT_SIGNALS: tuple[str, ...] = ("vds", "ppl", "amm", "frame_diversity", "sc_filled", "tnc_score", "quality")
+PLOT_SAMPLE_ROWS = 200_000
+PLOT_BINS = 40
+
+
+def plot_descriptor_distributions(db_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """A PNG with one histogram per descriptor, one series per bucket (a seeded sample of QAs)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = ", ".join(f"d.{c}" for c in PLOT_SIGNALS)
+    query = (
+        f"SELECT * FROM (SELECT coalesce(q.bucket, 'no qa row') AS bucket, {columns} "
+        f"FROM {TABLE_DESCRIPTORS} d LEFT JOIN {TABLE_QA} q USING (qa_uid)) "
+        f"USING SAMPLE reservoir({PLOT_SAMPLE_ROWS} ROWS) REPEATABLE ({DEFAULT_SEED})"
+    )
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        frame = con.sql(query).pl()
+    finally:
+        con.close()
+    figure = Figure(figsize=(4 * len(PLOT_SIGNALS) / 2, 6.5), layout="constrained")
+    axes = figure.subplots(2, math.ceil(len(PLOT_SIGNALS) / 2)).ravel()
+    for ax, signal in zip(axes, PLOT_SIGNALS):
+        for bucket in sorted(frame["bucket"].unique().to_list()):
+            values = frame.filter(pl.col("bucket") == bucket)[signal].drop_nulls().drop_nans().to_numpy()
+            if signal == "ppl":
+                values = np.log10(values[values > 0])
+            if values.size:
+                ax.hist(values, bins=PLOT_BINS, alpha=0.55, label=bucket, density=True)
+        ax.set_title("log10 ppl" if signal == "ppl" else signal)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(PLOT_SIGNALS):]:
+        ax.set_axis_off()
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"descriptor distributions by bucket ({frame.height} QAs)")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    FigureCanvasAgg(figure).print_png(str(tmp))
+    os.replace(tmp, out)
+    return out
 
 
 def read_stats(db_path: str | os.PathLike) -> dict[str, score.RobustStat]:

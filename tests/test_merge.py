@@ -269,6 +269,14 @@ def test_bad_inputs_fail_with_the_file_named(pool: dict, tmp_path: Path) -> None
     descriptor_rows(0, 3, seed=0).drop("vds").write_parquet(broken)
     with pytest.raises(merge.MergeError, match=r"broken\.parquet.*\['vds'\]"):
         merge.merge_to_duckdb([broken], [], [], tmp_path / "x.duckdb")
+    wrong_type = tmp_path / "wrong_type.parquet"
+    descriptor_rows(0, 3, seed=0).with_columns(vds=pl.lit("high")).write_parquet(wrong_type)
+    with pytest.raises(merge.MergeError, match=r"wrong_type\.parquet: descriptor shard column 'vds' has type String"):
+        merge.merge_to_duckdb([wrong_type], [], [], tmp_path / "x.duckdb")
+    narrow = tmp_path / "narrow.parquet"
+    descriptor_rows(0, 3, seed=0).with_columns(text_feature=pl.Series([[1.0] * 15] * 3)).write_parquet(narrow)
+    with pytest.raises(merge.MergeError, match=r"narrow\.parquet: values do not fit gdo_core.schema \(.*width 16"):
+        merge.merge_to_duckdb([narrow], [], [], tmp_path / "x.duckdb")
     not_parquet = tmp_path / "text.parquet"
     not_parquet.write_text("hello")
     with pytest.raises(merge.MergeError, match="text.parquet: not a readable Parquet"):
@@ -370,3 +378,15 @@ def test_quality_does_not_depend_on_the_shard_split(tmp_path: Path) -> None:
     a = merge.compute_robust_stats([one])[0]
     b = merge.compute_robust_stats(parts)[0]
     assert all(math.isclose(a[s].center, b[s].center) and math.isclose(a[s].scale, b[s].scale) for s in ROBUST_SIGNALS)
+
+
+def test_check_counts_and_distribution_plot(merged: tuple[Path, merge.MergeReport], tmp_path: Path) -> None:
+    db, report = merged
+    counts = merge.check_counts(db)
+    assert counts["rows"] == report.rows and counts["qa_rows"] == report.qa_rows
+    assert counts["qa_without_descriptor"] == 0 and counts["nonfinite_score_rows"] == 0
+    assert counts["error_rows"] == report.error_rows
+    assert counts["clusters"] == counts["clusters_requested"] == CLUSTERS
+    assert 1 <= counts["distinct_clusters"] <= CLUSTERS and counts["max_cluster_id"] < CLUSTERS
+    png = merge.plot_descriptor_distributions(db, tmp_path / "plots" / "descriptors.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
