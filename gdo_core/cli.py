@@ -118,7 +118,7 @@ def extract(
     motion_only: Annotated[bool, typer.Option(help="Motion and features only, no model (TNC by regex).")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Per-QA cache folder (default OUT/cache).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the SC samples.")] = 0,
-    workers: Annotated[int | None, typer.Option(min=1, help="Motion processes (default: one per core).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Motion threads (default: one per core).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads (default: torch's).")] = None,
 ) -> None:
     """Compute the six descriptors per QA into one Parquet shard per pool chunk (cached per QA)."""

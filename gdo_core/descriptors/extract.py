@@ -1,6 +1,6 @@
 """Descriptor extraction: every descriptor of every QA of a pool chunk, cached per QA, one shard per chunk.
 
-Motion runs once per distinct frame list of the QAs not in the cache (in processes); the model
+Motion runs once per distinct frame list of the QAs not in the cache (in threads); the model
 pass runs in batches ordered by frame list, so QAs of one video share a batch and its vision
 pass. Shards follow DESCRIPTOR_SCHEMA, one row per QA in the chunk's order, and are written to a
 temporary name and renamed.
@@ -61,7 +61,7 @@ class DescriptorSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     motion_only: bool = False  # no model: losses null, SC -1, TNC by regex
     seed: int = 0
-    motion_workers: int | None = None  # None: one process per available core
+    motion_workers: int | None = None  # None: one thread per available core
     trust_remote_code: bool = False
     torch_threads: int | None = None  # None: torch's default; 1 is fastest for tiny models on busy CPUs
 

@@ -1,15 +1,14 @@
 """Motion descriptors (ALGORITHM.md §3.1-3.2): AMM (mean Farneback flow magnitude) and frame diversity.
 
 Both depend only on the frames, so they are computed once per distinct frame list and fanned
-out to its QAs; each list's frames are decoded once, and the lists run in parallel processes.
+out to its QAs; each list's frames are decoded once, and the lists run in parallel threads.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -27,8 +26,6 @@ FARNEBACK_ITERATIONS = 2
 FARNEBACK_POLY_N = 5
 FARNEBACK_POLY_SIGMA = 1.1
 PIXEL_SCALE = 255.0
-# Below this many distinct frame lists per worker, process start-up costs more than it saves.
-MIN_LISTS_PER_WORKER = 4
 
 # Settings that change motion results: part of every cache key.
 MOTION_SETTINGS: dict[str, float] = {
@@ -119,12 +116,8 @@ def frame_list_motion(frames: Sequence[str]) -> MotionResult:
     return MotionResult(amm, diversity, rgb_stats, unreadable, len(decoded))
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
-
-
 def default_workers() -> int:
-    """Processes for motion: the cores this process may use."""
+    """Threads for motion: the cores this process may use."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
@@ -132,13 +125,19 @@ def default_workers() -> int:
 
 
 def motion_for_lists(frame_lists: Sequence[Sequence[str]], workers: int | None = None) -> list[MotionResult]:
-    """Motion of each distinct frame list, in processes when there are enough lists to pay off."""
+    """Motion of each distinct frame list, the lists spread over `workers` threads.
+
+    Threads, not processes: decoding, resizing and Farneback run in OpenCV with the GIL released,
+    so threads use every core without process start-up (benchmarks/descriptors.py measures both).
+    """
     workers = default_workers() if workers is None else max(1, workers)
-    workers = min(workers, max(1, len(frame_lists) // MIN_LISTS_PER_WORKER))
+    workers = min(workers, len(frame_lists))
     if workers <= 1:
         return [frame_list_motion(frames) for frames in frame_lists]
-    # spawn: the parent may hold torch/OpenMP threads, which fork would copy in a broken state.
-    context = multiprocessing.get_context("spawn")
-    chunksize = max(1, len(frame_lists) // (workers * 4))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        return list(pool.map(frame_list_motion, [list(f) for f in frame_lists], chunksize=chunksize))
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one list per thread already; OpenCV's own threads would oversubscribe
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="gdo-motion") as pool:
+            return list(pool.map(frame_list_motion, frame_lists))
+    finally:
+        cv2.setNumThreads(previous)
