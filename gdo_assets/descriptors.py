@@ -1,0 +1,126 @@
+"""descriptor_shards: the six descriptors of every QA of one pool chunk, one Parquet shard per chunk."""
+
+import hashlib
+import os
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AutomationCondition,
+    ConfigurableResource,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from gdo_assets.merge import DESCRIPTOR_SHARDS, SHARDS_DIR
+from gdo_assets.partitions import pool_chunks
+from gdo_assets.pool import QA_DIR, candidate_pool
+from gdo_assets.project import GdoProject
+from gdo_core.descriptors.cache import DescriptorCache
+from gdo_core.descriptors.extract import QA_COLUMNS, DescriptorSettings, describe_qa_frame
+from gdo_core.descriptors.model_signals import DEFAULT_BATCH_SIZE, SC_SAMPLES, TNC_LLM
+from gdo_core.pool import write_parquet_atomic
+
+CACHE_DIR = ("descriptors", "cache")
+GPU_POOL = "gpu"  # Dagster concurrency pool: `dagster instance concurrency set gpu <GPUs per machine>`
+# Under k8s_job_executor each chunk's step runs in its own pod asking for one GPU.
+GPU_OP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}
+    }
+}
+
+
+class DescriptorModel(ConfigurableResource):
+    """The model and settings of the descriptor pass (ALGORITHM.md §3)."""
+
+    model_dir: str | None = Field(default=None, description="Model folder (save_pretrained layout).")
+    device: str = Field(default="cpu", description="cpu or cuda[:N].")
+    dtype: str | None = Field(default=None, description="float32 / bfloat16 / float16 (default by device).")
+    tnc_mode: str = Field(default=TNC_LLM, description="Temporal necessity: llm or regex.")
+    sc_samples: int = Field(default=SC_SAMPLES, description="Sampled answers for self-consistency.")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="QAs per model batch.")
+    motion_only: bool = Field(default=False, description="Motion and features only (no model; TNC by regex).")
+    seed: int = Field(default=0, description="Seed of the SC samples.")
+    torch_threads: int | None = Field(default=None, description="Torch CPU threads (default: torch's).")
+    cache_dir: str | None = Field(default=None, description="Per-QA cache folder (default: data folder/descriptors/cache).")
+
+    def settings(self) -> DescriptorSettings:
+        """The gdo_core settings; a clear error when neither a model nor motion-only is configured."""
+        if self.model_dir is None and not self.motion_only:
+            raise Failure("descriptor_shards needs a model: set GDO_MODEL (or GDO_MOTION_ONLY=1 for motion only)")
+        return DescriptorSettings(
+            model_dir=None if self.model_dir is None else os.path.abspath(self.model_dir),
+            device=self.device,
+            dtype=self.dtype,
+            tnc_mode=self.tnc_mode,
+            sc_samples=self.sc_samples,
+            batch_size=self.batch_size,
+            motion_only=self.motion_only,
+            seed=self.seed,
+            torch_threads=self.torch_threads,
+        )
+
+
+def descriptor_model_from_env() -> DescriptorModel:
+    """The descriptor resource from GDO_MODEL, GDO_DEVICE, GDO_DTYPE, GDO_TNC_MODE, GDO_SC_SAMPLES,
+    GDO_BATCH_SIZE, GDO_MOTION_ONLY, GDO_TORCH_THREADS and GDO_DESCRIPTOR_CACHE."""
+    env = os.environ.get
+    return DescriptorModel(
+        model_dir=env("GDO_MODEL") or None,
+        device=env("GDO_DEVICE", "cpu"),
+        dtype=env("GDO_DTYPE") or None,
+        tnc_mode=env("GDO_TNC_MODE", TNC_LLM),
+        sc_samples=int(env("GDO_SC_SAMPLES", SC_SAMPLES)),
+        batch_size=int(env("GDO_BATCH_SIZE", DEFAULT_BATCH_SIZE)),
+        motion_only=env("GDO_MOTION_ONLY", "").lower() in ("1", "true", "yes"),
+        torch_threads=int(env("GDO_TORCH_THREADS")) if env("GDO_TORCH_THREADS") else None,
+        cache_dir=env("GDO_DESCRIPTOR_CACHE") or None,
+    )
+
+
+@asset(
+    key=DESCRIPTOR_SHARDS,
+    partitions_def=pool_chunks,
+    deps=[candidate_pool],
+    group_name="descriptors",
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    automation_condition=AutomationCondition.eager(),
+    description=(
+        "Per QA of one pool chunk: AMM, frame diversity, loss_video, loss_blind, VDS, PPL, TNC, SC and "
+        "coverage features (DESCRIPTOR_SCHEMA Parquet); unchanged QAs come from the per-QA cache."
+    ),
+)
+def descriptor_shards(
+    context: AssetExecutionContext, gdo: GdoProject, descriptor_model: DescriptorModel
+) -> MaterializeResult:
+    """Describe one chunk's QAs (motion once per frame list, batched model pass) into its shard."""
+    key = context.partition_key
+    qa_path = gdo.path(*QA_DIR, f"{key}.parquet")
+    if not qa_path.exists():
+        raise Failure(f"{qa_path}: no QA rows for chunk {key}; materialize candidate_pool[{key}] first")
+    settings = descriptor_model.settings()
+    cache_root = descriptor_model.cache_dir or str(gdo.path(*CACHE_DIR))
+    qa = pl.read_parquet(qa_path, columns=list(QA_COLUMNS))
+    shard, stats = describe_qa_frame(qa, settings, DescriptorCache(cache_root))
+    path = write_parquet_atomic(shard, gdo.path(*SHARDS_DIR, f"{key}.parquet"))
+    seconds = stats.motion_seconds + stats.model_seconds
+    context.log.info(f"{key}: {stats.computed} QAs computed, {stats.reused} reused from the cache")
+    metadata = {
+        **stats.as_metadata(),
+        "computed_qa_per_s": round(stats.computed / seconds, 3) if seconds > 0 else 0.0,
+        "error_share": round(stats.errors / stats.qa, 4) if stats.qa else 0.0,
+        "model": str(settings.model_dir) if settings.model_dir else "none (motion only)",
+        "device": settings.device,
+        "tnc_mode": settings.effective_tnc_mode,
+        "sc_samples": settings.sc_samples,
+        "path": MetadataValue.path(str(path)),
+    }
+    return MaterializeResult(
+        metadata=metadata, data_version=DataVersion(hashlib.sha256(path.read_bytes()).hexdigest()[:32])
+    )
