@@ -205,7 +205,18 @@ def _per_key(columns: list[np.ndarray], fn) -> np.ndarray:  # noqa: ANN001
 PLAIN_TEXT_PATTERN = r"^[A-Za-z0-9_]+( [A-Za-z0-9_]+)*$"  # tokens joined by single spaces
 
 
+TOKENIZE_CHUNK_ROWS = 200_000  # bounds the transient token lists
+
+
 def _distinct_tokens(texts: pl.Series) -> np.ndarray:
+    """Distinct token counts, in chunks of rows so the token lists never exist for the whole pool at once."""
+    if texts.len() > TOKENIZE_CHUNK_ROWS:
+        parts = [_distinct_tokens_chunk(texts.slice(i, TOKENIZE_CHUNK_ROWS)) for i in range(0, texts.len(), TOKENIZE_CHUNK_ROWS)]
+        return np.concatenate(parts)
+    return _distinct_tokens_chunk(texts)
+
+
+def _distinct_tokens_chunk(texts: pl.Series) -> np.ndarray:
     """Distinct token counts; plain texts (tokens and single spaces) take the 2x cheaper split path."""
     plain = texts.str.contains(PLAIN_TEXT_PATTERN).fill_null(False).to_numpy()
     out = np.zeros(texts.len(), dtype=np.int64)
@@ -217,9 +228,16 @@ def _distinct_tokens(texts: pl.Series) -> np.ndarray:
     return out
 
 
-def distinct_answer_tokens(answers: pl.Series) -> np.ndarray:
+def distinct_answer_tokens(answers: pl.Series, answer_len: np.ndarray | None = None) -> np.ndarray:
     """Distinct lower-cased `[A-Za-z0-9_]+` tokens per answer (once per distinct answer when many repeat)."""
     n = answers.len()
+    if answer_len is not None:  # one token or none: distinct == count, no need to tokenise
+        short = np.asarray(answer_len) <= 1
+        if short.any():
+            out = np.asarray(answer_len, dtype=np.int64).copy()
+            if not short.all():
+                out[~short] = distinct_answer_tokens(answers.filter(~short))
+            return out
     if answers.n_unique() > 0.7 * n:  # mostly unique texts: tokenise every row
         return _distinct_tokens(answers)
     table = answers.unique(maintain_order=True).alias("answer").to_frame()

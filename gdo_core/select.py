@@ -101,10 +101,18 @@ class PoolProfile:
         }
 
 
-def _codes(qa: pl.DataFrame, table: pl.DataFrame, col: str) -> np.ndarray:
-    """Per-row index into `table` (which holds the distinct values of `col` with a `code` column)."""
-    joined = qa.select(col).join(table.select(col, "code"), on=col, how="left", maintain_order="left", nulls_equal=True)
-    return joined["code"].to_numpy().astype(np.int64)
+def first_seen_codes(values: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-row code, first row of each code, count of each code), codes numbered in first-seen order.
+
+    Strings become integers through a categorical cast, so no string hash table is built over the
+    pool (a string group_by on a million rows holds ~350 MB).
+    """
+    physical = values.cast(pl.Categorical).to_physical().to_numpy()
+    _, first, inverse, counts = np.unique(physical, return_index=True, return_inverse=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inverse.reshape(-1)].astype(np.int64), first[order], counts[order]
 
 
 def pool_profile(qa: pl.DataFrame) -> PoolProfile:
@@ -114,26 +122,28 @@ def pool_profile(qa: pl.DataFrame) -> PoolProfile:
     are sums over the stratum table (a value's first stratum holds its first row, so the
     first-seen order is the same).
     """
+    stratum_code, first_rows, counts = first_seen_codes(qa["stratum"])
     strata = (
-        qa.group_by("stratum", maintain_order=True)
-        .agg(pl.len().alias("count"), *[pl.col(f).first() for f in STRATUM_FIELDS])
+        qa.select("stratum", *STRATUM_FIELDS)[pl.Series(first_rows)]
+        .with_columns(pl.Series("count", counts, dtype=pl.Int64))
         .with_row_index("code")
     )
-    stratum_code = _codes(qa, strata, "stratum")
-    sources = qa.group_by("data_source", maintain_order=True).len(name="count").with_row_index("code")
-    source_code = _codes(qa, sources, "data_source")
+    source_code, source_first, source_counts = first_seen_codes(qa["data_source"])
+    source_names = qa["data_source"].gather(source_first).to_list()
 
     def sums(frame: pl.DataFrame, col: str) -> dict[str, int]:
         return dict(frame.group_by(col, maintain_order=True).agg(pl.col("count").sum()).iter_rows())
 
     field_counts = {name: sums(strata, name) for name in STRATUM_FIELDS}
     groups = strata.group_by("source_group", maintain_order=True).agg(pl.col("count").sum()).with_row_index("code")
-    group_of_stratum = _codes(strata, groups, "source_group")
+    group_of_stratum = strata.select("source_group").join(
+        groups.select("source_group", "code"), on="source_group", how="left", maintain_order="left"
+    )["code"].to_numpy().astype(np.int64)
     return PoolProfile(
         total=qa.height,
         field_counts=field_counts,
         strata=strata,
-        source_counts=dict(sources.select("data_source", "count").iter_rows()),
+        source_counts=dict(zip(source_names, source_counts.tolist())),
         group_counts=dict(groups.select("source_group", "count").iter_rows()),
         bucket_counts=dict(field_counts["bucket"]),
         video_temporal_counts=sums(strata.filter(pl.col("bucket") == BUCKET_VIDEO), "temporal_category"),
@@ -148,7 +158,7 @@ def score_inputs(qa: pl.DataFrame, prof: PoolProfile) -> ScoreInputs:
     return ScoreInputs(
         question_len=qa["question_len"].to_numpy(),
         answer_len=qa["answer_len"].to_numpy(),
-        distinct_answer=distinct_answer_tokens(qa["answer"]),
+        distinct_answer=distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy()),
         is_video=(qa["bucket"] == BUCKET_VIDEO).to_numpy(),
         stratum_code=prof.stratum_code,
         strata_fields=prof.strata.select(STRATUM_FIELDS).to_dicts(),
@@ -509,7 +519,7 @@ def select_gdo(
         if a.is_video[i] and a.temporal[i]:
             temporal_video += 1
 
-    tail_list = tail.tolist()
+    tail_list = a.local(tail).tolist()  # local positions from here on
     unmet: dict[str, int] = {}
     temporal_pool = [i for i in tail_list if a.is_video[i] and a.temporal[i]]
     missing = acc.fill(temporal_pool, constraints.min_temporal_video_count - temporal_video, STAGE_TEMPORAL, count)
@@ -532,13 +542,14 @@ def select_gdo(
             break
         need = quota - by_stratum[code]
         if quota > 0 and need > 0:
-            acc.fill(strata_pools.get(code, []), need, STAGE_STRATUM, count)
+            pool = a.local(np.asarray(strata_pools.get(code, []), dtype=np.int64)).tolist()
+            acc.fill(pool, need, STAGE_STRATUM, count)
     if len(acc.rows) < target_count:
         acc.fill(tail_list, target_count - len(acc.rows), STAGE_GLOBAL, count)
     if len(acc.rows) < target_count:
-        acc.fill(reservoir.tolist(), target_count - len(acc.rows), STAGE_RESERVOIR, count)
+        acc.fill(a.local(reservoir).tolist(), target_count - len(acc.rows), STAGE_RESERVOIR, count)
     return GdoSelection(
-        rows=acc.rows,
+        rows=a.rows[np.asarray(acc.rows, dtype=np.int64)].tolist(),
         stages=acc.stages,
         stage_counts=dict(Counter(acc.stages)),
         unmet=unmet,
@@ -557,7 +568,7 @@ def select_uni(
     """
     a = row_attrs
     acc = _Acceptor(a.uid, a.text, a.is_video, a.video_uid, max_video=None, max_per_video=max_qa_per_video, limit=uni_count)
-    pool = order.tolist()
+    pool = a.local(order).tolist()
     acc.fill(pool, uni_count, STAGE_UNI, enforce_text=True)
     if len(acc.rows) < uni_count:
         acc.fill(pool, uni_count - len(acc.rows), STAGE_UNI, enforce_text=False)
@@ -568,25 +579,34 @@ def select_uni(
             break
         if i not in taken:
             rows.append(i)
-    return rows[:uni_count]
+    return a.rows[np.asarray(rows[:uni_count], dtype=np.int64)].tolist()
 
 
 @dataclass
 class _RowAttrs:
-    """Per-row attributes (keyed by row index) of just the rows acceptance can see."""
+    """Attributes of just the rows acceptance can see, as lists indexed by local position.
 
-    uid: dict[int, str]
-    text: dict[int, str]
-    is_video: dict[int, bool]
-    video_uid: dict[int, str]
-    temporal: dict[int, bool]
-    stratum: dict[int, int]
-    group: dict[int, str]
+    `rows[k]` is the pool row of local position k; pools handed to the stages are local positions.
+    """
+
+    rows: np.ndarray
+    uid: list[str]
+    text: list[str]
+    is_video: list[bool]
+    video_uid: list[str]
+    temporal: list[bool]
+    stratum: list[int]
+    group: list[str]
+
+    def local(self, pool_rows: np.ndarray) -> np.ndarray:
+        """Local positions of pool rows (which must be among `rows`)."""
+        return np.searchsorted(self.rows, pool_rows)
 
 
 def _row_attrs(qa: pl.DataFrame, rows: np.ndarray, stratum_code: np.ndarray, temporal_set: Sequence[str]) -> _RowAttrs:
     rows = np.unique(rows)
-    sub = qa.select("qa_uid", "question", "answer", "bucket", "video_uid", "temporal_category", "source_group")[rows].select(
+    cols = ["qa_uid", "question", "answer", "bucket", "video_uid", "temporal_category", "source_group"]
+    sub = qa.select(cols)[pl.Series(rows)].select(
         "qa_uid",
         text=pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR),
         is_video=pl.col("bucket") == BUCKET_VIDEO,
@@ -594,19 +614,15 @@ def _row_attrs(qa: pl.DataFrame, rows: np.ndarray, stratum_code: np.ndarray, tem
         temporal=pl.col("temporal_category").is_in(list(temporal_set)),
         group=pl.col("source_group"),
     )
-    keys = rows.tolist()
-
-    def as_dict(values: list[Any]) -> dict[int, Any]:
-        return dict(zip(keys, values))
-
     return _RowAttrs(
-        uid=as_dict(sub["qa_uid"].to_list()),
-        text=as_dict(sub["text"].to_list()),
-        is_video=as_dict(sub["is_video"].to_list()),
-        video_uid=as_dict(sub["video_uid"].to_list()),
-        temporal=as_dict(sub["temporal"].to_list()),
-        stratum=as_dict(stratum_code[rows].tolist()),
-        group=as_dict(sub["group"].to_list()),
+        rows=rows,
+        uid=sub["qa_uid"].to_list(),
+        text=sub["text"].to_list(),
+        is_video=sub["is_video"].to_list(),
+        video_uid=sub["video_uid"].to_list(),
+        temporal=sub["temporal"].to_list(),
+        stratum=stratum_code[rows].tolist(),
+        group=sub["group"].to_list(),
     )
 
 
@@ -900,18 +916,21 @@ def sft_rows(
         meta.append(pl.struct([*detail, *[pl.col(t) for t in terms]]).alias("filter_score_detail"))
         if stages is not None:
             meta.append(pl.col("stage"))
-    return sub.select(
+    user = sub.select(pl.struct(role=pl.lit("user"), content=pl.concat_str([user_prefix, pl.lit("\n"), pl.col("question")])))
+    assistant = sub.select(pl.struct(role=pl.lit("assistant"), content=pl.col("answer")))
+    n = sub.height
+    # Interleave user/assistant turns and fold them into 2-element lists (much faster than concat_list of structs).
+    interleave = np.empty(2 * n, dtype=np.int64)
+    interleave[0::2], interleave[1::2] = np.arange(n), np.arange(n) + n
+    both = pl.concat([user.to_series(), assistant.to_series()]).gather(interleave)
+    messages = both.reshape((n, 2)).arr.to_list().alias("messages") if n else pl.Series("messages", [], dtype=pl.List(both.dtype))
+    return sub.with_columns(messages).select(
         pl.col("qa_uid"),
         pl.col("video_uid").fill_null(""),
         pl.col("question_form").alias("question_type"),
         pl.col("question"),
         pl.col("answer"),
-        pl.concat_list(
-            [
-                pl.struct(role=pl.lit("user"), content=pl.concat_str([user_prefix, pl.lit("\n"), pl.col("question")])),
-                pl.struct(role=pl.lit("assistant"), content=pl.col("answer")),
-            ]
-        ).alias("messages"),
+        pl.col("messages"),
         pl.col("frames").alias("images"),
         pl.struct(pl.col("n_frames"), pl.col("temporal_category")).alias("data_quality_metrics"),
         pl.struct(meta).alias("meta"),

@@ -305,13 +305,14 @@ def test_candidate_pools_equal_the_published_heaps_even_with_ties(levels):
 
 def test_acceptance_rule():
     attrs = S._RowAttrs(
-        uid={0: "a", 1: "a", 2: "b", 3: "c", 4: "d", 5: "e"},
-        text={0: "t0", 1: "t1", 2: "t0", 3: "t3", 4: "t4", 5: "t5"},
-        is_video={0: False, 1: False, 2: False, 3: True, 4: True, 5: True},
-        video_uid={0: "", 1: "", 2: "", 3: "v", 4: "v", 5: "w"},
-        temporal={i: False for i in range(6)},
-        stratum={i: 0 for i in range(6)},
-        group={i: "g" for i in range(6)},
+        rows=np.arange(6),
+        uid=["a", "a", "b", "c", "d", "e"],
+        text=["t0", "t1", "t0", "t3", "t4", "t5"],
+        is_video=[False, False, False, True, True, True],
+        video_uid=["", "", "", "v", "v", "w"],
+        temporal=[False] * 6,
+        stratum=[0] * 6,
+        group=["g"] * 6,
     )
     acc = S._Acceptor(attrs.uid, attrs.text, attrs.is_video, attrs.video_uid, max_video=2, max_per_video=1, limit=10)
     taken = [i for i in range(6) if acc.take(i, "x")]
@@ -356,13 +357,12 @@ def test_fixed_budget_and_global_fill():
 
 def test_uni_relaxes_text_then_takes_anything():
     attrs = S._RowAttrs(
-        uid={0: "a", 1: "b", 2: "c"}, text={0: "t", 1: "t", 2: "t"},
-        is_video={0: False, 1: False, 2: False}, video_uid={0: "", 1: "", 2: ""},
-        temporal={}, stratum={}, group={},
+        rows=np.array([10, 11, 12]), uid=["a", "b", "c"], text=["t", "t", "t"],
+        is_video=[False] * 3, video_uid=[""] * 3, temporal=[False] * 3, stratum=[0] * 3, group=["g"] * 3,
     )
-    assert S.select_uni(np.array([0, 1, 2]), 3, 8, attrs) == [0, 1, 2]
-    assert S.select_uni(np.array([0, 1]), 4, 8, attrs) == [0, 1]
-    assert S.select_uni(np.array([0, 1]), 4, 8, attrs, repeats=True) == [0, 1, 0, 1]  # published quirk
+    assert S.select_uni(np.array([10, 11, 12]), 3, 8, attrs) == [10, 11, 12]
+    assert S.select_uni(np.array([12, 10]), 4, 8, attrs) == [12, 10]
+    assert S.select_uni(np.array([12, 10]), 4, 8, attrs, repeats=True) == [12, 10, 12, 10]  # published quirk
 
 
 def test_both_modes_are_deterministic():
@@ -435,3 +435,5 @@ def test_distinct_answer_tokens_match_python(repeat):
     texts = ["a b a", "Dog dog DOG", "x_1 x_1, y-2!", "", "é ü a", "It's 3.5 km", "one", "A. B. a", "K \u212a k"] * repeat
     expected = [len(set(re.findall(r"[A-Za-z0-9_]+", t.lower()))) for t in texts]
     assert distinct_answer_tokens(pl.Series(texts)).tolist() == expected
+    lengths = np.array([len(re.findall(r"[A-Za-z0-9_]+", t)) for t in texts])
+    assert distinct_answer_tokens(pl.Series(texts), lengths).tolist() == expected
