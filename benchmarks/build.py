@@ -29,24 +29,82 @@ GOAL_SPEEDUP = 15
 
 # data_source -> rows in the fixture (ALGORITHM.md fixture, shared/fixtures/published_build).
 IMAGE_SOURCES = {
-    "CLEVR-Math(MathV360K)": 3667, "FigureQA(MathV360K)": 1697, "GEOS(MathV360K)": 1088,
-    "ai2d(cauldron,llava_format)": 765, "chartqa(cauldron,llava_format)": 616, "vqarad(cauldron,llava_format)": 503,
-    "VisualWebInstruct(filtered)": 440, "sharegpt4v(coco)": 385, "llava_wild_4v_39k_filtered": 301, "ureader_cap": 278,
-    "textocr(gpt4v)": 254, "ScienceQA(cauldron,llava_format)": 228, "geo170k(qa)": 197,
-    "image_textualization(filtered)": 196, "infographic_vqa": 172, "IconQA(MathV360K)": 161, "MapQA(MathV360K)": 159,
-    "st_vqa(cauldron,llava_format)": 145, "lrv_chart": 144, "visual7w(cauldron,llava_format)": 130,
-    "magpie_pro(l3_80b_st)": 128, "allava_instruct_vflan4v": 123, "tqa(cauldron,llava_format)": 112,
+    "CLEVR-Math(MathV360K)": 3667,
+    "FigureQA(MathV360K)": 1697,
+    "GEOS(MathV360K)": 1088,
+    "ai2d(cauldron,llava_format)": 765,
+    "chartqa(cauldron,llava_format)": 616,
+    "vqarad(cauldron,llava_format)": 503,
+    "VisualWebInstruct(filtered)": 440,
+    "sharegpt4v(coco)": 385,
+    "llava_wild_4v_39k_filtered": 301,
+    "ureader_cap": 278,
+    "textocr(gpt4v)": 254,
+    "ScienceQA(cauldron,llava_format)": 228,
+    "geo170k(qa)": 197,
+    "image_textualization(filtered)": 196,
+    "infographic_vqa": 172,
+    "IconQA(MathV360K)": 161,
+    "MapQA(MathV360K)": 159,
+    "st_vqa(cauldron,llava_format)": 145,
+    "lrv_chart": 144,
+    "visual7w(cauldron,llava_format)": 130,
+    "magpie_pro(l3_80b_st)": 128,
+    "allava_instruct_vflan4v": 123,
+    "tqa(cauldron,llava_format)": 112,
     "vision_flan(filtered)": 111,
 }
 VIDEO_SOURCES = {
-    "0_30_s_academic_v0_1": 2124, "0_30_s_youtube_v0_1": 973, "30_60_s_academic_v0_1": 578,
-    "1_2_m_academic_v0_1": 441, "30_60_s_youtube_v0_1": 425, "2_3_m_academic_v0_1": 286, "2_3_m_youtube_v0_1": 213,
-    "0_30_s_perceptiontest": 204, "1_2_m_youtube_v0_1": 196, "30_60_s_nextqa": 171, "0_30_s_nextqa": 160,
-    "0_30_s_activitynetqa": 144, "llava_hound_255k": 85,
+    "0_30_s_academic_v0_1": 2124,
+    "0_30_s_youtube_v0_1": 973,
+    "30_60_s_academic_v0_1": 578,
+    "1_2_m_academic_v0_1": 441,
+    "30_60_s_youtube_v0_1": 425,
+    "2_3_m_academic_v0_1": 286,
+    "2_3_m_youtube_v0_1": 213,
+    "0_30_s_perceptiontest": 204,
+    "1_2_m_youtube_v0_1": 196,
+    "30_60_s_nextqa": 171,
+    "0_30_s_nextqa": 160,
+    "0_30_s_activitynetqa": 144,
+    "llava_hound_255k": 85,
 }
 FRAME_COUNTS = (8, 16, 24, 32, 48, 64, 96, 128, 180)
-WORDS = ("turn drop walk guitar dog cup child train bird run kitchen throw player open cut ball jump table door man "
-         "pour push climb river knife bicycle car woman robot chart bar pick up").split()
+WORDS = [
+    "turn",
+    "drop",
+    "walk",
+    "guitar",
+    "dog",
+    "cup",
+    "child",
+    "train",
+    "bird",
+    "run",
+    "kitchen",
+    "throw",
+    "player",
+    "open",
+    "cut",
+    "ball",
+    "jump",
+    "table",
+    "door",
+    "man",
+    "pour",
+    "push",
+    "climb",
+    "river",
+    "knife",
+    "bicycle",
+    "car",
+    "woman",
+    "robot",
+    "chart",
+    "bar",
+    "pick",
+    "up",
+]
 TURNS_PER_ROW = (1, 2, 3, 4, 5)  # mean 3 QAs per row
 ROWS_PER_VIDEO = 2  # rows sharing a video id: ~6 QAs per video
 
@@ -56,14 +114,18 @@ def _question(rng: random.Random, video: bool) -> tuple[str, str]:
     w = rng.choice
     if kind < 0.3:
         letters = "ABCD"
-        q = f"Which object is closest to the {w(WORDS)}?\n" + "\n".join(f"{c}. {w(WORDS)}" for c in letters)
+        q = f"Which object is closest to the {w(WORDS)}?\n" + "\n".join(
+            f"{c}. {w(WORDS)}" for c in letters
+        )
         return q + "\nAnswer with the option's letter.", rng.choice(letters)
     if kind < 0.45:
         return f"How many {w(WORDS)}s are visible?", str(rng.randint(0, 9))
     if video and kind < 0.7:
         q = f"What does the {w(WORDS)} do {w(['after', 'before', 'then', 'finally', 'while'])} the {w(WORDS)} {w(WORDS)}s?"
         return q, " ".join(w(WORDS) for _ in range(rng.randint(3, 30)))
-    q = f"Describe the scene with the {w(WORDS)}: " + " ".join(w(WORDS) for _ in range(rng.randint(3, 40)))
+    q = f"Describe the scene with the {w(WORDS)}: " + " ".join(
+        w(WORDS) for _ in range(rng.randint(3, 40))
+    )
     return q, " ".join(w(WORDS) for _ in range(rng.randint(5, 70)))
 
 
@@ -81,11 +143,17 @@ def generate_pool(folder: Path, n_qas: int, seed: int = 7) -> dict[str, object]:
             messages = []
             for t in range(rng.choice(TURNS_PER_ROW)):
                 q, a = _question(rng, False)
-                messages += [{"role": "user", "content": ("<image>\n" if t == 0 else "") + q},
-                             {"role": "assistant", "content": a}]
+                messages += [
+                    {"role": "user", "content": ("<image>\n" if t == 0 else "") + q},
+                    {"role": "assistant", "content": a},
+                ]
                 uids.append(f"ov::ov-{i}::t{t}")
-            row = {"id": f"ov-{i}", "data_source": rng.choices(image_names, image_w)[0],
-                   "images": [f"images/{i:07d}.jpg"], "messages": messages}
+            row = {
+                "id": f"ov-{i}",
+                "data_source": rng.choices(image_names, image_w)[0],
+                "images": [f"images/{i:07d}.jpg"],
+                "messages": messages,
+            }
             fh.write(json.dumps(row) + "\n")
             i += 1
     n_image = len(uids)
@@ -99,19 +167,42 @@ def generate_pool(folder: Path, n_qas: int, seed: int = 7) -> dict[str, object]:
             messages = []
             for t in range(rng.choice(TURNS_PER_ROW)):
                 q, a = _question(rng, True)
-                messages += [{"role": "user", "content": ("<video>\n" if t == 0 else "") + q},
-                             {"role": "assistant", "content": a}]
+                messages += [
+                    {"role": "user", "content": ("<video>\n" if t == 0 else "") + q},
+                    {"role": "assistant", "content": a},
+                ]
                 uids.append(f"vv::vv-{i}::t{t}")
-            fh.write(json.dumps({"id": f"vv-{i}", "video_id": vid, "images": frames, "messages": messages,
-                                 "data_source": source}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"vv-{i}",
+                        "video_id": vid,
+                        "images": frames,
+                        "messages": messages,
+                        "data_source": source,
+                    }
+                )
+                + "\n"
+            )
             i += 1
     with open(folder / "metrics.jsonl", "w") as fh:
         for uid in uids:
             if rng.random() < 0.95:
                 lv, lb = rng.gammavariate(2.0, 0.5), rng.gammavariate(2.0, 0.6)
                 fd = 0.0 if uid.startswith("ov::") else rng.random() * 0.3
-                fh.write(json.dumps({"qa_uid": uid, "loss_video": lv, "loss_blind": lb, "frame_diversity": fd,
-                                     "vds": lb - lv, "quality_score": rng.random()}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "qa_uid": uid,
+                            "loss_video": lv,
+                            "loss_blind": lb,
+                            "frame_diversity": fd,
+                            "vds": lb - lv,
+                            "quality_score": rng.random(),
+                        }
+                    )
+                    + "\n"
+                )
     info = {"qas": len(uids), "image_qas": n_image, "video_qas": len(uids) - n_image, "seed": seed}
     (folder / "pool.json").write_text(json.dumps(info))
     return info
@@ -124,17 +215,29 @@ def _child(args: argparse.Namespace) -> None:
     folder = Path(args.pool)
     t0 = time.perf_counter()
     result = build_subsets(
-        args.preset, folder / "onevision.jsonl", folder / "video.jsonl", Path(args.out),
-        metrics=folder / "metrics.jsonl", compat=("published" if args.mode == "published" else None), progress=False,
+        args.preset,
+        folder / "onevision.jsonl",
+        folder / "video.jsonl",
+        Path(args.out),
+        metrics=folder / "metrics.jsonl",
+        compat=("published" if args.mode == "published" else None),
+        progress=False,
     )
     wall = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({
-        "wall_s": wall, "rss_mb": rss_mb, "timings": result.timings,
-        "total_pairs": result.report["total_pairs"], "target_count": result.report["target_count"],
-        "uni": result.report["random_target_count"],
-        "constraints_met": result.report["hard_constraints"]["all_constraints_met"],
-    }))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "rss_mb": rss_mb,
+                "timings": result.timings,
+                "total_pairs": result.report["total_pairs"],
+                "target_count": result.report["target_count"],
+                "uni": result.report["random_target_count"],
+                "constraints_met": result.report["hard_constraints"]["all_constraints_met"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -161,12 +264,27 @@ def main() -> None:
     info = json.loads((folder / "pool.json").read_text())
     goal = PUBLISHED_QA_PER_S * GOAL_SPEEDUP
     results = []
-    print(f"pool: {info['qas']:,} QAs ({info['video_qas']:,} video); goal {goal:,} QA/s", flush=True)
-    print(f"{'preset':<10} {'mode':<10} {'1x':>7} {'uni':>8} {'wall s':>7} {'QA/s':>9} {'select-only QA/s':>17} {'peak RSS MB':>12} met")
+    print(
+        f"pool: {info['qas']:,} QAs ({info['video_qas']:,} video); goal {goal:,} QA/s", flush=True
+    )
+    print(
+        f"{'preset':<10} {'mode':<10} {'1x':>7} {'uni':>8} {'wall s':>7} {'QA/s':>9} {'select-only QA/s':>17} {'peak RSS MB':>12} met"
+    )
     for preset in args.presets.split(","):
         for mode in args.modes.split(","):
-            cmd = [sys.executable, __file__, "--child", "--pool", str(folder), "--preset", preset, "--mode", mode,
-                   "--out", str(OUT / f"build_{preset}_{mode}")]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--pool",
+                str(folder),
+                "--preset",
+                preset,
+                "--mode",
+                mode,
+                "--out",
+                str(OUT / f"build_{preset}_{mode}"),
+            ]
             env = {**os.environ, "PYTHONHASHSEED": "0"}
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if done.returncode != 0:
@@ -174,13 +292,22 @@ def main() -> None:
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
             select_s = r["wall_s"] - r["timings"]["read_pool"]
-            row = {"preset": preset, "mode": mode, **r, "qa_per_s": info["qas"] / r["wall_s"],
-                   "select_only_qa_per_s": info["qas"] / max(select_s, 1e-9)}
+            row = {
+                "preset": preset,
+                "mode": mode,
+                **r,
+                "qa_per_s": info["qas"] / r["wall_s"],
+                "select_only_qa_per_s": info["qas"] / max(select_s, 1e-9),
+            }
             results.append(row)
-            print(f"{preset:<10} {mode:<10} {r['target_count']:>7} {r['uni']:>8} {r['wall_s']:>7.1f} "
-                  f"{row['qa_per_s']:>9,.0f} {row['select_only_qa_per_s']:>17,.0f} {r['rss_mb']:>12.0f} {r['constraints_met']}",
-                  flush=True)
-    (OUT / f"build_results_{args.qas}.json").write_text(json.dumps({"pool": info, "results": results}, indent=2))
+            print(
+                f"{preset:<10} {mode:<10} {r['target_count']:>7} {r['uni']:>8} {r['wall_s']:>7.1f} "
+                f"{row['qa_per_s']:>9,.0f} {row['select_only_qa_per_s']:>17,.0f} {r['rss_mb']:>12.0f} {r['constraints_met']}",
+                flush=True,
+            )
+    (OUT / f"build_results_{args.qas}.json").write_text(
+        json.dumps({"pool": info, "results": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

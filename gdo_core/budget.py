@@ -30,7 +30,9 @@ class Budget:
     info: dict[str, Any]
 
 
-def auto_budget(total: int, stratum_counts: Sequence[int], profile: GoalProfile) -> tuple[int, dict[str, Any]]:
+def auto_budget(
+    total: int, stratum_counts: Sequence[int], profile: GoalProfile
+) -> tuple[int, dict[str, Any]]:
     """Auto 1x size: max of min_count, min_ratio, exp(entropy)*strata_mult and tail coverage, capped."""
     if total <= 0:
         return 0, {}
@@ -49,10 +51,10 @@ def auto_budget(total: int, stratum_counts: Sequence[int], profile: GoalProfile)
         p_tail = p
         if cov >= profile.coverage_mass:
             break
-    n_eff = int(math.ceil(max(1.0, effective_strata * max(1.0, profile.strata_mult))))
-    n_tail = int(math.ceil(max(1.0, profile.tail_target) / max(p_tail, TAIL_PROB_FLOOR)))
-    low_ratio_count = int(math.ceil(total * max(profile.min_ratio, 0.0)))
-    high_ratio_count = int(math.floor(total * max(profile.max_ratio, 0.0)))
+    n_eff = math.ceil(max(1.0, effective_strata * max(1.0, profile.strata_mult)))
+    n_tail = math.ceil(max(1.0, profile.tail_target) / max(p_tail, TAIL_PROB_FLOOR))
+    low_ratio_count = math.ceil(total * max(profile.min_ratio, 0.0))
+    high_ratio_count = math.floor(total * max(profile.max_ratio, 0.0))
     if high_ratio_count <= 0:
         high_ratio_count = total
     n = max(profile.min_count, low_ratio_count, n_eff, n_tail)
@@ -74,7 +76,9 @@ def auto_budget(total: int, stratum_counts: Sequence[int], profile: GoalProfile)
     return n, info
 
 
-def fixed_budget(total: int, target_count: int | None, target_ratio: float | None) -> tuple[int, dict[str, Any]]:
+def fixed_budget(
+    total: int, target_count: int | None, target_ratio: float | None
+) -> tuple[int, dict[str, Any]]:
     """A fixed 1x size: a count (capped at the pool) or a share of the pool (at least 1)."""
     if target_count is not None and target_count > 0:
         return min(target_count, total), {"mode": "fixed_count", "requested_count": target_count}
@@ -105,9 +109,9 @@ def vds3_adjusted_budget(
             "n_from_vds3_positive": total,
             "adjusted_target": base_target,
         }
-    n_from_vds3 = int(math.ceil(max(1, profile.vds3_target_positive) / pos_ratio))
-    n_cap_mult = int(math.ceil(base_target * max(1.0, profile.vds3_max_mult)))
-    n_cap_ratio = int(math.floor(total * max(profile.max_ratio, 0.0)))
+    n_from_vds3 = math.ceil(max(1, profile.vds3_target_positive) / pos_ratio)
+    n_cap_mult = math.ceil(base_target * max(1.0, profile.vds3_max_mult))
+    n_cap_ratio = math.floor(total * max(profile.max_ratio, 0.0))
     if n_cap_ratio <= 0:
         n_cap_ratio = total
     n_cap = min(total, max(1, profile.max_count), max(1, n_cap_mult), max(1, n_cap_ratio))
@@ -128,7 +132,7 @@ def vds3_adjusted_budget(
 
 def uni_size(target_count: int, multiplier: float) -> int:
     """Uni-10x size = ceil(1x size * multiplier), at least 1."""
-    return max(UNI_SIZE_MIN, int(math.ceil(target_count * (multiplier if multiplier > 0 else 1.0))))
+    return max(UNI_SIZE_MIN, math.ceil(target_count * (multiplier if multiplier > 0 else 1.0)))
 
 
 def largest_remainder_quotas(counts: Sequence[int] | np.ndarray, target_count: int) -> np.ndarray:
@@ -187,25 +191,29 @@ def source_group_floors(
     profile: GoalProfile,
 ) -> dict[str, int]:
     """Floors for the top-k groups (counts sorted desc, ties first-seen): max(ratio floor, frac*expected)."""
-    topk, min_ratio, frac = profile.source_group_floor_topk, profile.min_source_group_ratio, profile.floor_frac_of_expected
+    topk, min_ratio, frac = (
+        profile.source_group_floor_topk,
+        profile.min_source_group_ratio,
+        profile.floor_frac_of_expected,
+    )
     if topk <= 0 or min_ratio <= 0 or total <= 0 or target_count <= 0:
         return {}
-    floor_abs = max(1, int(math.ceil(target_count * min_ratio)))
+    floor_abs = max(1, math.ceil(target_count * min_ratio))
     req: dict[str, int] = {}
     for group, cnt in list(group_counts_desc)[:topk]:
         if cnt <= 0:
             continue
         expected = target_count * (cnt / float(total))
-        required = max(floor_abs, int(math.ceil(max(0.0, frac) * expected)))
-        if required <= int(math.floor(expected)):  # only where the group can carry it
+        required = max(floor_abs, math.ceil(max(0.0, frac) * expected))
+        if required <= math.floor(expected):  # only where the group can carry it
             req[group] = required
-    max_total = int(math.floor(target_count * FLOOR_TOTAL_CAP))
+    max_total = math.floor(target_count * FLOOR_TOTAL_CAP)
     if max_total <= 0:
         return {}
     total_req = sum(req.values())
     if total_req > max_total:
         scale = max_total / float(total_req)
-        req = {g: max(1, int(math.floor(v * scale))) for g, v in req.items()}
+        req = {g: max(1, math.floor(v * scale)) for g, v in req.items()}
     return req
 
 
@@ -223,17 +231,21 @@ def hard_constraints(
     full_video_ratio = video_count / float(total) if total > 0 else 0.0
     min_video_ratio = profile.min_video_ratio if profile.min_video_ratio >= 0 else full_video_ratio
     min_video_ratio = max(0.0, min(1.0, min_video_ratio))
-    min_video_count = int(math.ceil(min_video_ratio * target_count))
-    max_video_ratio = 1.0 if profile.max_video_ratio < 0 else max(0.0, min(1.0, profile.max_video_ratio))
-    max_video_count = int(math.floor(max_video_ratio * target_count))
+    min_video_count = math.ceil(min_video_ratio * target_count)
+    max_video_ratio = (
+        1.0 if profile.max_video_ratio < 0 else max(0.0, min(1.0, profile.max_video_ratio))
+    )
+    max_video_count = math.floor(max_video_ratio * target_count)
     max_video_count = max(min_video_count, min(max_video_count, target_count))
     full_temporal_ratio = temporal_video_count / float(video_count) if video_count > 0 else 0.0
     min_temporal_ratio = (
-        profile.min_temporal_in_video_ratio if profile.min_temporal_in_video_ratio >= 0 else full_temporal_ratio
+        profile.min_temporal_in_video_ratio
+        if profile.min_temporal_in_video_ratio >= 0
+        else full_temporal_ratio
     )
     min_temporal_ratio = max(0.0, min(1.0, min_temporal_ratio))
     temporal_base = max(min_video_count, video_quota)
-    min_temporal_count = max(0, min(int(math.ceil(min_temporal_ratio * temporal_base)), target_count))
+    min_temporal_count = max(0, min(math.ceil(min_temporal_ratio * temporal_base), target_count))
     return HardConstraints(
         temporal_categories=tuple(profile.temporal_categories),
         full_video_ratio=full_video_ratio,
@@ -244,7 +256,9 @@ def hard_constraints(
         max_video_count=max_video_count,
         min_temporal_in_video_ratio_effective=min_temporal_ratio,
         min_temporal_video_count=min_temporal_count,
-        source_group_floor_requirements=source_group_floors(group_counts_desc, target_count, total, profile),
+        source_group_floor_requirements=source_group_floors(
+            group_counts_desc, target_count, total, profile
+        ),
     )
 
 

@@ -28,8 +28,8 @@ from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
 from gdo_core.select import (
     ExcludeMode,
-    SelectOptions,
     SelectionResult,
+    SelectOptions,
     load_exclusion_reference,
     select_subsets,
     sft_rows,
@@ -99,12 +99,16 @@ def _file_kind(path: Path) -> str:
 
 
 def _normalise_columns(frame: pl.DataFrame, where: str) -> pl.DataFrame:
-    frame = frame.rename({k: v for k, v in METRIC_ALIASES.items() if k in frame.columns and v not in frame.columns})
+    frame = frame.rename(
+        {k: v for k, v in METRIC_ALIASES.items() if k in frame.columns and v not in frame.columns}
+    )
     if "qa_uid" not in frame.columns:
         raise MetricsError(f"{where}: missing key 'qa_uid' (columns: {', '.join(frame.columns)})")
     present = [c for c in METRIC_COLUMNS if c in frame.columns]
     if not present:
-        raise MetricsError(f"{where}: none of the metric keys {', '.join(METRIC_COLUMNS)} (or quality_score) is present")
+        raise MetricsError(
+            f"{where}: none of the metric keys {', '.join(METRIC_COLUMNS)} (or quality_score) is present"
+        )
     out = []
     for col in METRIC_COLUMNS:
         if col not in frame.columns:
@@ -168,8 +172,15 @@ def _read_metrics_jsonl_rows(raw: bytes, where: str, strict: bool) -> MetricsTab
                 if value is not None:
                     break
             number_value = _as_float(value)
-            if number_value is None and value is not None and strict and not isinstance(value, float):
-                raise MetricsError(f"{where}:{number}: key {keys[-1]!r} must be a number, got {value!r}")
+            if (
+                number_value is None
+                and value is not None
+                and strict
+                and not isinstance(value, float)
+            ):
+                raise MetricsError(
+                    f"{where}:{number}: key {keys[-1]!r} must be a number, got {value!r}"
+                )
             cols[col].append(number_value)
     table = pl.DataFrame(cols, schema=_METRIC_SCHEMA)
     return MetricsTable(table, where, "jsonl", bad, examples)
@@ -200,9 +211,14 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
         except Exception as exc:  # duckdb.IOException and friends
             raise MetricsError(f"{where}: cannot open DuckDB file ({exc})") from exc
         try:
-            tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+            tables = {
+                r[0]
+                for r in con.execute("select table_name from information_schema.tables").fetchall()
+            }
             if DUCKDB_TABLE not in tables:
-                raise MetricsError(f"{where}: no table {DUCKDB_TABLE!r} (tables: {', '.join(sorted(tables)) or 'none'})")
+                raise MetricsError(
+                    f"{where}: no table {DUCKDB_TABLE!r} (tables: {', '.join(sorted(tables)) or 'none'})"
+                )
             columns = [
                 r[0]
                 for r in con.execute(
@@ -210,7 +226,9 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
                     [DUCKDB_TABLE],
                 ).fetchall()
             ]
-            wanted = [c for c in columns if c == "qa_uid" or c in METRIC_COLUMNS or c in METRIC_ALIASES]
+            wanted = [
+                c for c in columns if c == "qa_uid" or c in METRIC_COLUMNS or c in METRIC_ALIASES
+            ]
             frame = con.sql(f"select {', '.join(wanted) or '*'} from {DUCKDB_TABLE}").pl()
         finally:
             con.close()
@@ -218,9 +236,14 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
     raw = gzip.decompress(path.read_bytes()) if kind == "jsonl.gz" else path.read_bytes()
     try:  # fast path: flat, well-formed rows
         frame = pl.read_ndjson(io.BytesIO(raw))
-        if "data_quality_metrics" not in frame.columns and frame.height == raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1):
+        if "data_quality_metrics" not in frame.columns and frame.height == raw.count(b"\n") + (
+            0 if raw.endswith(b"\n") else 1
+        ):
             frame = _normalise_columns(frame, where)
-            if frame["qa_uid"].null_count() == 0 and not (frame["qa_uid"].str.strip_chars() == "").any():
+            if (
+                frame["qa_uid"].null_count() == 0
+                and not (frame["qa_uid"].str.strip_chars() == "").any()
+            ):
                 return MetricsTable(frame, where, "jsonl")
     except (pl.exceptions.PolarsError, MetricsError, ValueError):
         pass
@@ -237,10 +260,14 @@ def published_view(qa: pl.DataFrame) -> pl.DataFrame:
     default = pl.col("bucket").replace_strict(PUBLISHED_DEFAULT_SOURCE, default="")
     out = qa.with_columns(
         data_source=pl.when(source == "").then(default).otherwise(source),
-        question_form=pl.when(pl.col("question").str.contains("(?i)" + MCQ_PATTERN)).then(pl.lit(MCQ)).otherwise(pl.lit(OPEN)),
+        question_form=pl.when(pl.col("question").str.contains("(?i)" + MCQ_PATTERN))
+        .then(pl.lit(MCQ))
+        .otherwise(pl.lit(OPEN)),
     )
     out = out.with_columns(source_group=source_group_expr("data_source"))
-    return out.with_columns(stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|"))
+    return out.with_columns(
+        stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|")
+    )
 
 
 # ---- the build ------------------------------------------------------------------------------
@@ -317,7 +344,7 @@ def build_from_pool(
     compat: Compat | None = None,
     target_count: int | None = None,
     target_ratio: float | None = None,
-    ablations: Ablations = Ablations(),
+    ablations: Ablations | None = None,
     exclude_reference: Sequence[Path | str] = (),
     exclude_mode: ExcludeMode = "both",
     seed: int | None = None,
@@ -329,10 +356,16 @@ def build_from_pool(
     """Select and write both subsets from an already parsed QA table (QA_SCHEMA, scan order)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    ablations = ablations or Ablations()
     prof = load_profile(profile, profiles_dir)
     if compat not in (None, "published"):
         raise BuildError(f"compat must be 'published' or None, got {compat!r}")
-    if target_count is not None and target_ratio is not None and target_count > 0 and target_ratio > 0:
+    if (
+        target_count is not None
+        and target_ratio is not None
+        and target_count > 0
+        and target_ratio > 0
+    ):
         raise BuildError("give either a target count or a target ratio, not both")
     if target_ratio is not None and not 0 < target_ratio <= 1:
         raise BuildError(f"target ratio must be in (0, 1], got {target_ratio}")
@@ -345,7 +378,11 @@ def build_from_pool(
     timings["metrics"] = time.perf_counter() - t0
     if mode == "published":
         qa = published_view(qa)
-    exclusion = load_exclusion_reference(list(exclude_reference), exclude_mode) if exclude_reference else None
+    exclusion = (
+        load_exclusion_reference(list(exclude_reference), exclude_mode)
+        if exclude_reference
+        else None
+    )
 
     bar = None
     if progress:
@@ -363,7 +400,13 @@ def build_from_pool(
         qa,
         prof,
         metrics=metrics.rows if metrics is not None else None,
-        options=SelectOptions(mode=mode, target_count=target_count, target_ratio=target_ratio, ablations=ablations, seed=seed),
+        options=SelectOptions(
+            mode=mode,
+            target_count=target_count,
+            target_ratio=target_ratio,
+            ablations=ablations,
+            seed=seed,
+        ),
         exclusion=exclusion,
         step=step,
     )
@@ -389,7 +432,12 @@ def build_from_pool(
     if metrics is not None:
         report["metrics"] = {**metrics.info(), **report.get("metrics", {})}
     _write_atomic(out / "report.json", _json_bytes(report))
-    profile_doc = {**prof.to_dict(), "target_frames_used": frames, "compat": compat, "ablations": ablations.active()}
+    profile_doc = {
+        **prof.to_dict(),
+        "target_frames_used": frames,
+        "compat": compat,
+        "ablations": ablations.active(),
+    }
     _write_atomic(out / "profile.json", _json_bytes(profile_doc))
     step("write")
     if bar is not None:
@@ -457,7 +505,9 @@ def build_subsets(
         "video": str(video) if video is not None else None,
         "qa_rows": pool.qa.height,
         "rejects": rejects.height,
-        "rejects_per_reason": dict(rejects.group_by("reason").len().sort("reason").iter_rows()) if rejects.height else {},
+        "rejects_per_reason": dict(rejects.group_by("reason").len().sort("reason").iter_rows())
+        if rejects.height
+        else {},
     }
     result = build_from_pool(
         pool.qa,
@@ -467,7 +517,9 @@ def build_subsets(
         compat=compat,
         target_count=target_count,
         target_ratio=target_ratio,
-        ablations=Ablations(no_vds=no_vds, no_ppl=no_ppl, no_sc=no_sc, no_vds3_budget=no_vds3_budget),
+        ablations=Ablations(
+            no_vds=no_vds, no_ppl=no_ppl, no_sc=no_sc, no_vds3_budget=no_vds3_budget
+        ),
         exclude_reference=exclude_reference,
         exclude_mode=exclude_mode,
         seed=seed,
@@ -498,7 +550,10 @@ def resample_row(row: dict[str, Any], target_frames: int) -> dict[str, Any]:
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, str) and content.startswith("<image>" * old_n):
-                m = {**m, "content": "<image>" * len(new_images) + content[len("<image>") * old_n :]}
+                m = {
+                    **m,
+                    "content": "<image>" * len(new_images) + content[len("<image>") * old_n :],
+                }
             new_messages.append(m)
         row["messages"] = new_messages
     dqm = row.get("data_quality_metrics")
@@ -532,7 +587,11 @@ def resample_jsonl(input: Path | str, output: Path | str, target_frames: int) ->
             if "images" in row and not isinstance(row["images"], list):
                 raise BuildError(f"{src}:{number}: key 'images' must be a list of frame paths")
             row = resample_row(row, target_frames)
-            fout.write(orjson.dumps(row) + b"\n" if orjson is not None else (json.dumps(row, ensure_ascii=False) + "\n").encode())
+            fout.write(
+                orjson.dumps(row) + b"\n"
+                if orjson is not None
+                else (json.dumps(row, ensure_ascii=False) + "\n").encode()
+            )
             count += 1
     os.replace(tmp, dst)
     return count

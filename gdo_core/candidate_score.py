@@ -134,7 +134,9 @@ def _z(values: np.ndarray, stat: tuple[float, float] | None) -> np.ndarray:
     return np.clip((values - mean) / std, -Z_CAP, Z_CAP)
 
 
-def metric_z_terms(metrics: pl.DataFrame, stats: dict[str, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+def metric_z_terms(
+    metrics: pl.DataFrame, stats: dict[str, tuple[float, float]]
+) -> tuple[np.ndarray, np.ndarray]:
     """(vds3', q') per metrics row: -z(loss_video)+z(loss_blind)+z(frame_div), else fallbacks; z(quality)."""
     z = {}
     for col in METRIC_COLUMNS:
@@ -175,7 +177,10 @@ def difficulty(qn: int, an: int) -> float:
 
 def alignment(values: tuple[str, ...], probs: dict[str, dict[str, float]]) -> float:
     """Mean log pool probability of the six non-bucket field values."""
-    logs = [math.log(max(probs.get(f, {}).get(v, ALIGN_FLOOR), ALIGN_FLOOR)) for f, v in zip(ALIGN_FIELDS, values)]
+    logs = [
+        math.log(max(probs.get(f, {}).get(v, ALIGN_FLOOR), ALIGN_FLOOR))
+        for f, v in zip(ALIGN_FIELDS, values)
+    ]
     return float(sum(logs) / len(logs))
 
 
@@ -187,14 +192,14 @@ def source_prior(count: int, total: int) -> float:
 KEY_BITS = 21  # token counts are packed three to an int64 key
 
 
-def _per_key(columns: list[np.ndarray], fn) -> np.ndarray:  # noqa: ANN001
+def _per_key(columns: list[np.ndarray], fn) -> np.ndarray:
     """fn(*key) for every row of integer key columns, evaluated once per distinct key."""
     stacked = np.stack([np.asarray(c, dtype=np.int64) for c in columns], axis=1)
     if stacked.size and (stacked.min() >= 0) and (stacked.max() < (1 << KEY_BITS)):
         packed = np.zeros(stacked.shape[0], dtype=np.int64)
         for j in range(stacked.shape[1]):
             packed = (packed << KEY_BITS) | stacked[:, j]
-        uniq_packed, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+        _uniq_packed, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
         uniq = stacked[first]
     else:
         uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
@@ -211,7 +216,10 @@ TOKENIZE_CHUNK_ROWS = 200_000  # bounds the transient token lists
 def _distinct_tokens(texts: pl.Series) -> np.ndarray:
     """Distinct token counts, in chunks of rows so the token lists never exist for the whole pool at once."""
     if texts.len() > TOKENIZE_CHUNK_ROWS:
-        parts = [_distinct_tokens_chunk(texts.slice(i, TOKENIZE_CHUNK_ROWS)) for i in range(0, texts.len(), TOKENIZE_CHUNK_ROWS)]
+        parts = [
+            _distinct_tokens_chunk(texts.slice(i, TOKENIZE_CHUNK_ROWS))
+            for i in range(0, texts.len(), TOKENIZE_CHUNK_ROWS)
+        ]
         return np.concatenate(parts)
     return _distinct_tokens_chunk(texts)
 
@@ -221,7 +229,9 @@ def _distinct_tokens_chunk(texts: pl.Series) -> np.ndarray:
     plain = texts.str.contains(PLAIN_TEXT_PATTERN).fill_null(False).to_numpy()
     out = np.zeros(texts.len(), dtype=np.int64)
     if plain.any():
-        out[plain] = texts.filter(plain).str.to_lowercase().str.split(" ").list.n_unique().to_numpy()
+        out[plain] = (
+            texts.filter(plain).str.to_lowercase().str.split(" ").list.n_unique().to_numpy()
+        )
     if not plain.all():
         rest = texts.filter(~plain).str.to_lowercase().str.extract_all(TOKEN_PATTERN)
         out[~plain] = rest.list.n_unique().fill_null(0).to_numpy()
@@ -242,7 +252,11 @@ def distinct_answer_tokens(answers: pl.Series, answer_len: np.ndarray | None = N
         return _distinct_tokens(answers)
     table = answers.unique(maintain_order=True).alias("answer").to_frame()
     table = table.with_columns(pl.Series("d", _distinct_tokens(table["answer"])))
-    joined = answers.alias("answer").to_frame().join(table, on="answer", how="left", maintain_order="left", nulls_equal=True)
+    joined = (
+        answers.alias("answer")
+        .to_frame()
+        .join(table, on="answer", how="left", maintain_order="left", nulls_equal=True)
+    )
     return joined["d"].to_numpy()
 
 
@@ -274,32 +288,56 @@ def score_terms(
     nat = _per_key([inputs.question_len, inputs.answer_len, inputs.distinct_answer], naturalness)
     diff = _per_key([inputs.question_len, inputs.answer_len], difficulty)
     align_by_stratum = np.array(
-        [alignment(tuple(f[k] for k in ALIGN_FIELDS), inputs.field_probs) for f in inputs.strata_fields], dtype=np.float64
+        [
+            alignment(tuple(f[k] for k in ALIGN_FIELDS), inputs.field_probs)
+            for f in inputs.strata_fields
+        ],
+        dtype=np.float64,
     )
     tbonus_by_stratum = np.array(
-        [TEMPORAL_BONUS.get(f["temporal_category"], TEMPORAL_BONUS_OTHER) for f in inputs.strata_fields], dtype=np.float64
+        [
+            TEMPORAL_BONUS.get(f["temporal_category"], TEMPORAL_BONUS_OTHER)
+            for f in inputs.strata_fields
+        ],
+        dtype=np.float64,
     )
-    prior_by_source = np.array([source_prior(c, inputs.total) for c in inputs.source_counts], dtype=np.float64)
+    prior_by_source = np.array(
+        [source_prior(c, inputs.total) for c in inputs.source_counts], dtype=np.float64
+    )
     align = align_by_stratum[inputs.stratum_code]
     tbonus = tbonus_by_stratum[inputs.stratum_code]
     prior = prior_by_source[inputs.source_code]
     is_video = inputs.is_video
     ppl_term = np.zeros_like(nat) if ablations.no_ppl else nat
     # Same operation order as the published per-row sums, so the floats match exactly.
-    base_video = W_VIDEO_NAT * ppl_term + W_VIDEO_DIFF * diff + W_VIDEO_ALIGN * align + W_VIDEO_TBONUS * tbonus + W_VIDEO_PRIOR * prior
-    base_image = W_IMAGE_NAT * ppl_term + W_IMAGE_DIFF * diff + W_IMAGE_ALIGN * align + W_IMAGE_PRIOR * prior
+    base_video = (
+        W_VIDEO_NAT * ppl_term
+        + W_VIDEO_DIFF * diff
+        + W_VIDEO_ALIGN * align
+        + W_VIDEO_TBONUS * tbonus
+        + W_VIDEO_PRIOR * prior
+    )
+    base_image = (
+        W_IMAGE_NAT * ppl_term + W_IMAGE_DIFF * diff + W_IMAGE_ALIGN * align + W_IMAGE_PRIOR * prior
+    )
     base = np.where(is_video, base_video, base_image)
     uniq, inverse = np.unique(base, return_inverse=True)
-    base_norm = np.array([math.tanh(b / BASE_SQUASH) for b in uniq.tolist()], dtype=np.float64)[inverse.reshape(-1)]
+    base_norm = np.array([math.tanh(b / BASE_SQUASH) for b in uniq.tolist()], dtype=np.float64)[
+        inverse.reshape(-1)
+    ]
     vds3_norm = np.clip(qa_vds3, -Z_CAP, Z_CAP) / max(Z_CAP, 1e-6)
     quality_norm = np.clip(qa_quality, -Z_CAP, Z_CAP) / max(Z_CAP, 1e-6)
     zero = np.zeros_like(base)
     video = W_VIDEO_BASE * base_norm
     video = video + np.where(has_metrics & (not ablations.no_vds), W_VIDEO_VDS3 * vds3_norm, zero)
-    video = video + np.where(has_metrics & (not ablations.no_sc), W_VIDEO_QUALITY * quality_norm, zero)
+    video = video + np.where(
+        has_metrics & (not ablations.no_sc), W_VIDEO_QUALITY * quality_norm, zero
+    )
     video = video - np.where(has_metrics, zero, MISSING_METRICS_PENALTY)
     image = W_IMAGE_BASE * base_norm
-    image = image + np.where(has_metrics & (not ablations.no_sc), W_IMAGE_QUALITY * quality_norm, zero)
+    image = image + np.where(
+        has_metrics & (not ablations.no_sc), W_IMAGE_QUALITY * quality_norm, zero
+    )
     score = np.where(is_video, video, image)
     return pl.DataFrame(
         {

@@ -123,7 +123,9 @@ class GoalProfile:
             raise ProfileError(f"profile {self.name!r}: unknown key {unknown[0]!r}")
         values = {k: v for k, v in self.to_dict().items() if k in KEY_SPECS}
         values.update(changes)
-        checked = validate_profile_table(values, f"profile {self.name!r} (overrides)", complete=True)
+        checked = validate_profile_table(
+            values, f"profile {self.name!r} (overrides)", complete=True
+        )
         return dataclasses.replace(self, **_as_fields(checked))
 
 
@@ -164,7 +166,9 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         hi = "inf" if spec.hi is None else f"{spec.hi:g}"
         bracket = "(" if spec.lo_open else "["
         extra = " or negative for auto" if spec.negative_means_auto else ""
-        raise ProfileError(f"{where}: key {key!r} = {value!r} is out of range {bracket}{lo}, {hi}]{extra}")
+        raise ProfileError(
+            f"{where}: key {key!r} = {value!r} is out of range {bracket}{lo}, {hi}]{extra}"
+        )
     return value
 
 
@@ -172,16 +176,22 @@ def validate_profile_table(raw: dict[str, Any], where: str, *, complete: bool) -
     """Check keys, types and ranges of a profile table; `complete` also requires every key."""
     unknown = sorted(set(raw) - set(KEY_SPECS))
     if unknown:
-        raise ProfileError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(KEY_SPECS))})")
+        raise ProfileError(
+            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(KEY_SPECS))})"
+        )
     out = {key: _check_value(key, value, where) for key, value in raw.items()}
     if complete:
         missing = [k for k in KEY_SPECS if k not in out]
         if missing:
             raise ProfileError(f"{where}: missing key {missing[0]!r}")
         if out["min_count"] > out["max_count"]:
-            raise ProfileError(f"{where}: key 'min_count' ({out['min_count']}) exceeds 'max_count' ({out['max_count']})")
+            raise ProfileError(
+                f"{where}: key 'min_count' ({out['min_count']}) exceeds 'max_count' ({out['max_count']})"
+            )
         if out["max_ratio"] > 0 and out["min_ratio"] > out["max_ratio"]:
-            raise ProfileError(f"{where}: key 'min_ratio' ({out['min_ratio']}) exceeds 'max_ratio' ({out['max_ratio']})")
+            raise ProfileError(
+                f"{where}: key 'min_ratio' ({out['min_ratio']}) exceeds 'max_ratio' ({out['max_ratio']})"
+            )
         if 0 <= out["max_video_ratio"] < out["min_video_ratio"]:
             raise ProfileError(
                 f"{where}: key 'min_video_ratio' ({out['min_video_ratio']}) exceeds "
@@ -215,7 +225,9 @@ def _builtin_tables() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     unknown = sorted(set(data) - {"defaults", "profiles"})
     if unknown:
         raise ProfileError(f"{PROFILES_FILE}: unknown table {unknown[0]!r}")
-    defaults = validate_profile_table(data.get("defaults", {}), f"{PROFILES_FILE} [defaults]", complete=False)
+    defaults = validate_profile_table(
+        data.get("defaults", {}), f"{PROFILES_FILE} [defaults]", complete=False
+    )
     return defaults, data.get("profiles", {})
 
 
@@ -243,7 +255,9 @@ def profiles_dir_from_env(profiles_dir: Path | str | None = None) -> Path | None
     return Path(env) if env else None
 
 
-def load_profile_file(path: Path | str, builtins: dict[str, GoalProfile] | None = None) -> GoalProfile:
+def load_profile_file(
+    path: Path | str, builtins: dict[str, GoalProfile] | None = None
+) -> GoalProfile:
     """A user profile file: its keys over the profile it `extends` (default: the custom template)."""
     path = Path(path)
     raw = _read_toml(path)
@@ -274,7 +288,9 @@ def available_profiles(profiles_dir: Path | str | None = None) -> dict[str, str]
         raw_name = _read_toml(path).get("name", path.stem)
         name = raw_name if isinstance(raw_name, str) else path.stem
         if name in out or name == CUSTOM_TEMPLATE:
-            raise ProfileError(f"{path}: profile name {name!r} is already taken by {out.get(name, PROFILES_FILE)}")
+            raise ProfileError(
+                f"{path}: profile name {name!r} is already taken by {out.get(name, PROFILES_FILE)}"
+            )
         out[name] = str(path)
     return out
 
@@ -284,7 +300,9 @@ def _normalise_name(name: str) -> str:
     return key
 
 
-def load_profile(name_or_path: str | Path | GoalProfile, profiles_dir: Path | str | None = None) -> GoalProfile:
+def load_profile(
+    name_or_path: str | Path | GoalProfile, profiles_dir: Path | str | None = None
+) -> GoalProfile:
     """A profile by preset name (`temp_plus`, `Temp+`), user profile name, or TOML file path."""
     if isinstance(name_or_path, GoalProfile):
         return name_or_path

@@ -108,7 +108,9 @@ def first_seen_codes(values: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndar
     pool (a string group_by on a million rows holds ~350 MB).
     """
     physical = values.cast(pl.Categorical).to_physical().to_numpy()
-    _, first, inverse, counts = np.unique(physical, return_index=True, return_inverse=True, return_counts=True)
+    _, first, inverse, counts = np.unique(
+        physical, return_index=True, return_inverse=True, return_counts=True
+    )
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
@@ -135,10 +137,22 @@ def pool_profile(qa: pl.DataFrame) -> PoolProfile:
         return dict(frame.group_by(col, maintain_order=True).agg(pl.col("count").sum()).iter_rows())
 
     field_counts = {name: sums(strata, name) for name in STRATUM_FIELDS}
-    groups = strata.group_by("source_group", maintain_order=True).agg(pl.col("count").sum()).with_row_index("code")
-    group_of_stratum = strata.select("source_group").join(
-        groups.select("source_group", "code"), on="source_group", how="left", maintain_order="left"
-    )["code"].to_numpy().astype(np.int64)
+    groups = (
+        strata.group_by("source_group", maintain_order=True)
+        .agg(pl.col("count").sum())
+        .with_row_index("code")
+    )
+    group_of_stratum = (
+        strata.select("source_group")
+        .join(
+            groups.select("source_group", "code"),
+            on="source_group",
+            how="left",
+            maintain_order="left",
+        )["code"]
+        .to_numpy()
+        .astype(np.int64)
+    )
     return PoolProfile(
         total=qa.height,
         field_counts=field_counts,
@@ -146,7 +160,9 @@ def pool_profile(qa: pl.DataFrame) -> PoolProfile:
         source_counts=dict(zip(source_names, source_counts.tolist())),
         group_counts=dict(groups.select("source_group", "count").iter_rows()),
         bucket_counts=dict(field_counts["bucket"]),
-        video_temporal_counts=sums(strata.filter(pl.col("bucket") == BUCKET_VIDEO), "temporal_category"),
+        video_temporal_counts=sums(
+            strata.filter(pl.col("bucket") == BUCKET_VIDEO), "temporal_category"
+        ),
         stratum_code=stratum_code,
         group_code=group_of_stratum[stratum_code],
         source_code=source_code,
@@ -216,7 +232,9 @@ def _reference_pairs(item: dict[str, Any]) -> list[tuple[str, str]]:
     return list(dict.fromkeys(out))
 
 
-def load_exclusion_reference(paths: Sequence[Path | str], mode: ExcludeMode = "both") -> ExclusionReference:
+def load_exclusion_reference(
+    paths: Sequence[Path | str], mode: ExcludeMode = "both"
+) -> ExclusionReference:
     """Read reference JSONL files into sets of normalised questions and question<TAB>answer texts."""
     if mode not in ("question", "qa", "both"):
         raise ExclusionError(f"exclusion mode must be question, qa or both, got {mode!r}")
@@ -260,10 +278,18 @@ def load_exclusion_reference(paths: Sequence[Path | str], mode: ExcludeMode = "b
 
 def exclusion_reason(qa: pl.DataFrame, ref: ExclusionReference) -> pl.Series:
     """Per QA: "question" or "qa" when it matches the reference (question checked first), else null."""
-    q_hit = pl.col("question").is_in(pl.lit(pl.Series(sorted(ref.questions), dtype=pl.String)).implode())
+    q_hit = pl.col("question").is_in(
+        pl.lit(pl.Series(sorted(ref.questions), dtype=pl.String)).implode()
+    )
     qa_text = pl.concat_str([pl.col("question"), pl.col("answer")], separator="\t")
     qa_hit = qa_text.is_in(pl.lit(pl.Series(sorted(ref.qa_pairs), dtype=pl.String)).implode())
-    expr = pl.when(q_hit).then(pl.lit("question")).when(qa_hit).then(pl.lit("qa")).otherwise(pl.lit(None))
+    expr = (
+        pl.when(q_hit)
+        .then(pl.lit("question"))
+        .when(qa_hit)
+        .then(pl.lit("qa"))
+        .otherwise(pl.lit(None))
+    )
     return qa.select(expr.cast(pl.String).alias("reason"))["reason"]
 
 
@@ -301,7 +327,11 @@ def published_draws(n_rows: int, reservoir_cap: int, seed: int) -> Draws:
             reservoir[r] = i
     uni_order = list(reservoir)
     rng.shuffle(uni_order)
-    return Draws(np.asarray(tie, dtype=np.float64), np.asarray(reservoir, dtype=np.int64), np.asarray(uni_order, dtype=np.int64))
+    return Draws(
+        np.asarray(tie, dtype=np.float64),
+        np.asarray(reservoir, dtype=np.int64),
+        np.asarray(uni_order, dtype=np.int64),
+    )
 
 
 def stable_draws(n_rows: int, reservoir_cap: int, seed: int) -> Draws:
@@ -334,7 +364,12 @@ def _heap_pool(rows: np.ndarray, score: np.ndarray, tie: np.ndarray, cap: int) -
 
 
 def candidate_pools(
-    stratum_code: np.ndarray, score: np.ndarray, tie: np.ndarray, caps: np.ndarray, *, published_heap: bool
+    stratum_code: np.ndarray,
+    score: np.ndarray,
+    tie: np.ndarray,
+    caps: np.ndarray,
+    *,
+    published_heap: bool,
 ) -> tuple[np.ndarray, int]:
     """Row indices of every stratum's pool (its top cap_s by score, tie-break) and how many strata needed the heap.
 
@@ -362,7 +397,9 @@ def candidate_pools(
                 parts = [pools[~tied_set]]
                 for code in tied.tolist():
                     rows = np.sort(order[starts[code] : ends[code]])
-                    parts.append(np.asarray(_heap_pool(rows, score, tie, int(caps[code])), dtype=np.int64))
+                    parts.append(
+                        np.asarray(_heap_pool(rows, score, tie, int(caps[code])), dtype=np.int64)
+                    )
                 pools = np.concatenate(parts)
     return pools, replayed
 
@@ -445,7 +482,13 @@ class _Acceptor:
         if remain <= 0:
             return 0
         uid, text, is_video, video_uid = self.uid, self.text, self.is_video, self.video_uid
-        used_uid, used_text, per_video, rows, stages = self.used_uid, self.used_text, self.per_video, self.rows, self.stages
+        used_uid, used_text, per_video, rows, stages = (
+            self.used_uid,
+            self.used_text,
+            self.per_video,
+            self.rows,
+            self.stages,
+        )
         max_video = self.max_video if self.max_video is not None else len(uid) + len(rows) + 1
         max_per_video, limit = self.max_per_video, self.limit
         for i in pool:
@@ -505,8 +548,13 @@ def select_gdo(
     """The six stages in order: temporal-video min, video min, group floors, stratum quotas, global fill, reservoir."""
     a = row_attrs
     acc = _Acceptor(
-        a.uid, a.text, a.is_video, a.video_uid,
-        max_video=constraints.max_video_count, max_per_video=max_qa_per_video, limit=target_count,
+        a.uid,
+        a.text,
+        a.is_video,
+        a.video_uid,
+        max_video=constraints.max_video_count,
+        max_per_video=max_qa_per_video,
+        limit=target_count,
     )
     by_stratum: Counter[int] = Counter()
     by_group: Counter[str] = Counter()
@@ -522,7 +570,9 @@ def select_gdo(
     tail_list = a.local(tail).tolist()  # local positions from here on
     unmet: dict[str, int] = {}
     temporal_pool = [i for i in tail_list if a.is_video[i] and a.temporal[i]]
-    missing = acc.fill(temporal_pool, constraints.min_temporal_video_count - temporal_video, STAGE_TEMPORAL, count)
+    missing = acc.fill(
+        temporal_pool, constraints.min_temporal_video_count - temporal_video, STAGE_TEMPORAL, count
+    )
     if missing > 0:
         unmet["temporal_video_min"] = missing
     video_pool = [i for i in tail_list if a.is_video[i]]
@@ -560,14 +610,27 @@ def select_gdo(
 
 
 def select_uni(
-    order: np.ndarray, uni_count: int, max_qa_per_video: int, row_attrs: _RowAttrs, *, repeats: bool = False
+    order: np.ndarray,
+    uni_count: int,
+    max_qa_per_video: int,
+    row_attrs: _RowAttrs,
+    *,
+    repeats: bool = False,
 ) -> list[int]:
     """Uni-10x from the shuffled reservoir: unique uid+text+per-video cap, then relax text, then anything left.
 
     repeats=True is the published last pass, which appends reservoir rows even if already taken.
     """
     a = row_attrs
-    acc = _Acceptor(a.uid, a.text, a.is_video, a.video_uid, max_video=None, max_per_video=max_qa_per_video, limit=uni_count)
+    acc = _Acceptor(
+        a.uid,
+        a.text,
+        a.is_video,
+        a.video_uid,
+        max_video=None,
+        max_per_video=max_qa_per_video,
+        limit=uni_count,
+    )
     pool = a.local(order).tolist()
     acc.fill(pool, uni_count, STAGE_UNI, enforce_text=True)
     if len(acc.rows) < uni_count:
@@ -603,9 +666,19 @@ class _RowAttrs:
         return np.searchsorted(self.rows, pool_rows)
 
 
-def _row_attrs(qa: pl.DataFrame, rows: np.ndarray, stratum_code: np.ndarray, temporal_set: Sequence[str]) -> _RowAttrs:
+def _row_attrs(
+    qa: pl.DataFrame, rows: np.ndarray, stratum_code: np.ndarray, temporal_set: Sequence[str]
+) -> _RowAttrs:
     rows = np.unique(rows)
-    cols = ["qa_uid", "question", "answer", "bucket", "video_uid", "temporal_category", "source_group"]
+    cols = [
+        "qa_uid",
+        "question",
+        "answer",
+        "bucket",
+        "video_uid",
+        "temporal_category",
+        "source_group",
+    ]
     sub = qa.select(cols)[pl.Series(rows)].select(
         "qa_uid",
         text=pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR),
@@ -650,11 +723,15 @@ def js_divergence(p: dict[str, float], q: dict[str, float], eps: float = JS_EPS)
     return 0.5 * kl(pp, mm) + 0.5 * kl(qq, mm)
 
 
-def subset_summary(qa: pl.DataFrame, rows: Sequence[int], field_probs: dict[str, dict[str, float]]) -> dict[str, Any]:
+def subset_summary(
+    qa: pl.DataFrame, rows: Sequence[int], field_probs: dict[str, dict[str, float]]
+) -> dict[str, Any]:
     """Count, bucket counts and the JS divergence of every field against the full pool."""
     if not rows:
         return {"count": 0}
-    sub = qa.select(list(field_probs) + ["bucket"] * ("bucket" not in field_probs))[np.asarray(rows, dtype=np.int64)]
+    sub = qa.select(list(field_probs) + ["bucket"] * ("bucket" not in field_probs))[
+        np.asarray(rows, dtype=np.int64)
+    ]
     js: dict[str, float] = {}
     for name, target in field_probs.items():
         counts = dict(sub.group_by(name, maintain_order=True).len().iter_rows())
@@ -702,10 +779,14 @@ def _metric_terms_for_pool(
     stats = metric_stats(metrics, running=(mode == "published"))
     # One metrics row per qa_uid (the last one wins, as in a dict keyed by qa_uid).
     duplicated = metrics["qa_uid"].n_unique() < metrics.height
-    unique = metrics.unique(subset="qa_uid", keep="last", maintain_order=True) if duplicated else metrics
+    unique = (
+        metrics.unique(subset="qa_uid", keep="last", maintain_order=True) if duplicated else metrics
+    )
     vds3_all, quality_all = metric_z_terms(unique, stats)
     table = unique.select("qa_uid").with_columns(
-        pl.Series("m_vds3", vds3_all), pl.Series("m_quality", quality_all), pl.lit(True).alias("m_has")
+        pl.Series("m_vds3", vds3_all),
+        pl.Series("m_quality", quality_all),
+        pl.lit(True).alias("m_has"),
     )
     joined = qa.select("qa_uid").join(table, on="qa_uid", how="left", maintain_order="left")
     has = joined["m_has"].fill_null(False).to_numpy().astype(bool)
@@ -758,14 +839,25 @@ def select_subsets(
     stratum_counts = prof.strata["count"].to_numpy()
 
     # Budget (§5.2).
-    qa_vds3, qa_quality, has_metrics, vds3_per_metric_row, metrics_info = _metric_terms_for_pool(qa, metrics, mode)
+    qa_vds3, qa_quality, has_metrics, vds3_per_metric_row, metrics_info = _metric_terms_for_pool(
+        qa, metrics, mode
+    )
     fixed = (options.target_count or 0) > 0 or (options.target_ratio or 0) > 0
     if fixed:
-        target_count, budget_info = B.fixed_budget(total, options.target_count, options.target_ratio)
+        target_count, budget_info = B.fixed_budget(
+            total, options.target_count, options.target_ratio
+        )
     else:
         target_count, budget_info = B.auto_budget(total, stratum_counts.tolist(), profile)
-        if metrics is not None and metrics.height > 0 and not ablations.no_vds3_budget and budget_info.get("mode") == "distribution_auto":
-            target_count, vds3_info = B.vds3_adjusted_budget(target_count, total, vds3_per_metric_row, profile)
+        if (
+            metrics is not None
+            and metrics.height > 0
+            and not ablations.no_vds3_budget
+            and budget_info.get("mode") == "distribution_auto"
+        ):
+            target_count, vds3_info = B.vds3_adjusted_budget(
+                target_count, total, vds3_per_metric_row, profile
+            )
             budget_info["vds3_adjustment"] = vds3_info
             budget_info["recommended_count"] = target_count
             budget_info["recommended_ratio"] = target_count / float(total)
@@ -774,7 +866,9 @@ def select_subsets(
 
     # Quotas and hard constraints (§5.3).
     bucket_names = list(prof.bucket_counts)
-    bucket_quota = B.largest_remainder_quotas([prof.bucket_counts[b] for b in bucket_names], target_count)
+    bucket_quota = B.largest_remainder_quotas(
+        [prof.bucket_counts[b] for b in bucket_names], target_count
+    )
     bucket_quotas = dict(zip(bucket_names, bucket_quota.tolist()))
     stratum_quotas = B.largest_remainder_quotas(stratum_counts, target_count)
     video_count = prof.bucket_counts.get(BUCKET_VIDEO, 0)
@@ -789,7 +883,9 @@ def select_subsets(
         profile=profile,
     )
     strata_is_video = (prof.strata["bucket"] == BUCKET_VIDEO).to_numpy()
-    strata_is_temporal = strata_is_video & prof.strata["temporal_category"].is_in(list(temporal_set)).to_numpy()
+    strata_is_temporal = (
+        strata_is_video & prof.strata["temporal_category"].is_in(list(temporal_set)).to_numpy()
+    )
     caps = B.candidate_caps(stratum_quotas, strata_is_video, strata_is_temporal, profile)
 
     # Candidate score (§5.4).
@@ -804,7 +900,7 @@ def select_subsets(
     step("score")
 
     # Seeded draws and candidate pools (§5.5).
-    reservoir_cap = max(uni_count, int(math.ceil(uni_count * max(1.0, profile.reservoir_oversample))))
+    reservoir_cap = max(uni_count, math.ceil(uni_count * max(1.0, profile.reservoir_oversample)))
     draws = (published_draws if mode == "published" else stable_draws)(total, reservoir_cap, seed)
     pools, replayed = candidate_pools(
         prof.stratum_code, score, draws.tie, caps, published_heap=(mode == "published")
@@ -813,7 +909,9 @@ def select_subsets(
     tail_codes = prof.stratum_code[tail]
     grouped = tail[np.argsort(tail_codes, kind="stable")]
     bounds = np.searchsorted(np.sort(tail_codes, kind="stable"), np.arange(caps.size + 1))
-    strata_pools = {c: grouped[bounds[c] : bounds[c + 1]].tolist() for c in np.unique(tail_codes).tolist()}
+    strata_pools = {
+        c: grouped[bounds[c] : bounds[c + 1]].tolist() for c in np.unique(tail_codes).tolist()
+    }
     step("pools")
 
     attrs = _row_attrs(qa, np.concatenate([tail, draws.reservoir]), prof.stratum_code, temporal_set)
@@ -827,20 +925,30 @@ def select_subsets(
         max_qa_per_video=profile.max_qa_per_video,
         row_attrs=attrs,
     )
-    uni_rows = select_uni(draws.uni_order, uni_count, profile.max_qa_per_video, attrs, repeats=(mode == "published"))
+    uni_rows = select_uni(
+        draws.uni_order, uni_count, profile.max_qa_per_video, attrs, repeats=(mode == "published")
+    )
     step("select")
 
     field_probs = prof.field_probs()
     gdo_uids = set(qa["qa_uid"].gather(gdo.rows).to_list()) if gdo.rows else set()
     uni_uids = set(qa["qa_uid"].gather(uni_rows).to_list()) if uni_rows else set()
-    overlap = len(gdo_uids & uni_uids) / float(min(len(gdo_uids), len(uni_uids))) if gdo_uids and uni_uids else 0.0
+    overlap = (
+        len(gdo_uids & uni_uids) / float(min(len(gdo_uids), len(uni_uids)))
+        if gdo_uids and uni_uids
+        else 0.0
+    )
     n_sel = len(gdo.rows)
     achieved = {
         "selected_video_count": gdo.video_count,
         "selected_video_ratio": gdo.video_count / float(n_sel) if n_sel else 0.0,
         "selected_temporal_video_count": gdo.temporal_video_count,
-        "selected_temporal_in_video_ratio": gdo.temporal_video_count / float(gdo.video_count) if gdo.video_count else 0.0,
-        "selected_source_group_counts_top20": dict(gdo.group_counts.most_common(TOP_GROUPS_REPORTED)),
+        "selected_temporal_in_video_ratio": gdo.temporal_video_count / float(gdo.video_count)
+        if gdo.video_count
+        else 0.0,
+        "selected_source_group_counts_top20": dict(
+            gdo.group_counts.most_common(TOP_GROUPS_REPORTED)
+        ),
         "selection_stage_counts": gdo.stage_counts,
         "unmet_constraints": gdo.unmet,
     }
@@ -884,18 +992,35 @@ def select_subsets(
 
 
 def sft_rows(
-    qa: pl.DataFrame, scores: pl.DataFrame, rows: Sequence[int], stages: Sequence[str] | None, *, mode: Mode
+    qa: pl.DataFrame,
+    scores: pl.DataFrame,
+    rows: Sequence[int],
+    stages: Sequence[str] | None,
+    *,
+    mode: Mode,
 ) -> pl.DataFrame:
     """Output rows (one struct column per JSON key) in the published SFT shape; default mode adds stage and terms."""
     idx = pl.Series("row", np.asarray(rows, dtype=np.int64))
-    needed = ["qa_uid", "video_uid", "question_form", "question", "answer", "frames", "n_frames", "temporal_category",
-              "bucket", "data_source"]
+    needed = [
+        "qa_uid",
+        "video_uid",
+        "question_form",
+        "question",
+        "answer",
+        "frames",
+        "n_frames",
+        "temporal_category",
+        "bucket",
+        "data_source",
+    ]
     sub = pl.concat([qa.select(needed)[idx], scores[idx]], how="horizontal")
     if stages is not None:
         sub = sub.with_columns(pl.Series("stage", list(stages), dtype=pl.String))
     is_video = pl.col("bucket") == BUCKET_VIDEO
     counts = sorted(set(sub["n_frames"].to_list()) | {1})
-    image_tokens = pl.col("n_frames").replace_strict({n: IMAGE_TOKEN * n for n in counts}, return_dtype=pl.String)
+    image_tokens = pl.col("n_frames").replace_strict(
+        {n: IMAGE_TOKEN * n for n in counts}, return_dtype=pl.String
+    )
     user_prefix = pl.when(is_video).then(image_tokens).otherwise(pl.lit(IMAGE_TOKEN))
     detail = [
         pl.col("base_score"),
@@ -912,18 +1037,35 @@ def sft_rows(
     if mode == "published":
         meta.append(pl.struct(detail).alias("filter_score_detail"))
     else:
-        terms = ["naturalness", "difficulty", "alignment", "temporal_bonus", "source_prior", "base_norm", "has_metrics"]
+        terms = [
+            "naturalness",
+            "difficulty",
+            "alignment",
+            "temporal_bonus",
+            "source_prior",
+            "base_norm",
+            "has_metrics",
+        ]
         meta.append(pl.struct([*detail, *[pl.col(t) for t in terms]]).alias("filter_score_detail"))
         if stages is not None:
             meta.append(pl.col("stage"))
-    user = sub.select(pl.struct(role=pl.lit("user"), content=pl.concat_str([user_prefix, pl.lit("\n"), pl.col("question")])))
+    user = sub.select(
+        pl.struct(
+            role=pl.lit("user"),
+            content=pl.concat_str([user_prefix, pl.lit("\n"), pl.col("question")]),
+        )
+    )
     assistant = sub.select(pl.struct(role=pl.lit("assistant"), content=pl.col("answer")))
     n = sub.height
     # Interleave user/assistant turns and fold them into 2-element lists (much faster than concat_list of structs).
     interleave = np.empty(2 * n, dtype=np.int64)
     interleave[0::2], interleave[1::2] = np.arange(n), np.arange(n) + n
     both = pl.concat([user.to_series(), assistant.to_series()]).gather(interleave)
-    messages = both.reshape((n, 2)).arr.to_list().alias("messages") if n else pl.Series("messages", [], dtype=pl.List(both.dtype))
+    messages = (
+        both.reshape((n, 2)).arr.to_list().alias("messages")
+        if n
+        else pl.Series("messages", [], dtype=pl.List(both.dtype))
+    )
     return sub.with_columns(messages).select(
         pl.col("qa_uid"),
         pl.col("video_uid").fill_null(""),

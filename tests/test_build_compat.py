@@ -46,7 +46,15 @@ def test_compat_published_reproduces_the_fixture(fixture_pool, preset, tmp_path)
     expected = json.loads((FIXTURE / f"{preset}.expected.json").read_text())
     result = BLD.build_from_pool(qa, preset, tmp_path, metrics=metrics, compat="published")
     report = result.report
-    for key in ("total_pairs", "target_count", "random_target_count", "budget_info", "bucket_quotas", "num_strata", "overlap_ratio"):
+    for key in (
+        "total_pairs",
+        "target_count",
+        "random_target_count",
+        "budget_info",
+        "bucket_quotas",
+        "num_strata",
+        "overlap_ratio",
+    ):
         assert report[key] == expected[key], key
     for key, value in expected["hard_constraints"].items():
         assert report["hard_constraints"][key] == value, key
@@ -54,11 +62,19 @@ def test_compat_published_reproduces_the_fixture(fixture_pool, preset, tmp_path)
         got, want = report[summary], expected[summary]
         assert (got["count"], got["bucket"]) == (want["count"], want["bucket"])
         # the published JS sums over a set, so only the last bits can differ
-        assert got["js_to_full_profile"] == pytest.approx(want["js_to_full_profile"], rel=1e-9, abs=1e-15)
+        assert got["js_to_full_profile"] == pytest.approx(
+            want["js_to_full_profile"], rel=1e-9, abs=1e-15
+        )
     gdo, uni = _uids(result.gdo_path), _uids(result.uni_path)
-    matched_gdo = sum(a == b for a, b in zip(gdo, expected["gdo_1x_qa_uids"])) / len(expected["gdo_1x_qa_uids"])
-    matched_uni = sum(a == b for a, b in zip(uni, expected["uni_10x_qa_uids"])) / len(expected["uni_10x_qa_uids"])
-    assert (matched_gdo, matched_uni) == (1.0, 1.0), f"{preset}: GDO {matched_gdo:.2%}, Uni {matched_uni:.2%} in order"
+    matched_gdo = sum(a == b for a, b in zip(gdo, expected["gdo_1x_qa_uids"])) / len(
+        expected["gdo_1x_qa_uids"]
+    )
+    matched_uni = sum(a == b for a, b in zip(uni, expected["uni_10x_qa_uids"])) / len(
+        expected["uni_10x_qa_uids"]
+    )
+    assert (matched_gdo, matched_uni) == (1.0, 1.0), (
+        f"{preset}: GDO {matched_gdo:.2%}, Uni {matched_uni:.2%} in order"
+    )
     assert gdo == expected["gdo_1x_qa_uids"] and uni == expected["uni_10x_qa_uids"]
     if preset == "temp_plus":
         rows = {r["qa_uid"]: r for r in map(json.loads, result.gdo_path.open())}
@@ -72,8 +88,12 @@ def test_compat_published_reproduces_the_fixture(fixture_pool, preset, tmp_path)
 def test_default_mode_on_the_fixture(fixture_pool, tmp_path):
     qa_published, _ = fixture_pool
     result = BLD.build_subsets(
-        "temp_plus", FIXTURE / "onevision.jsonl.gz", FIXTURE / "video.jsonl.gz", tmp_path,
-        metrics=FIXTURE / "metrics.jsonl.gz", progress=False,
+        "temp_plus",
+        FIXTURE / "onevision.jsonl.gz",
+        FIXTURE / "video.jsonl.gz",
+        tmp_path,
+        metrics=FIXTURE / "metrics.jsonl.gz",
+        progress=False,
     )
     hc = result.report["hard_constraints"]
     assert hc["all_constraints_met"] and hc["unmet_constraints"] == {}
@@ -81,10 +101,18 @@ def test_default_mode_on_the_fixture(fixture_pool, tmp_path):
     assert qa_published["question_form"].unique().to_list() == ["Open"]  # the published quirk
     rows = [json.loads(line) for line in result.gdo_path.open()]
     assert any(r["question_type"] == "MCQ" for r in rows)
-    assert {r["meta"]["stage"] for r in rows} >= {"hard_temporal_video", "hard_video", "stratum_quota"}
-    assert {"gdo_1x_32f.jsonl", "uni_10x_32f.jsonl", "report.json", "profile.json", "subset_members.parquet"} <= {
-        p.name for p in tmp_path.iterdir()
+    assert {r["meta"]["stage"] for r in rows} >= {
+        "hard_temporal_video",
+        "hard_video",
+        "stratum_quota",
     }
+    assert {
+        "gdo_1x_32f.jsonl",
+        "uni_10x_32f.jsonl",
+        "report.json",
+        "profile.json",
+        "subset_members.parquet",
+    } <= {p.name for p in tmp_path.iterdir()}
     members = pl.read_parquet(result.members_path)
     assert members.filter(pl.col("arm") == "gdo").height == result.report["target_count"]
 
@@ -92,11 +120,33 @@ def test_default_mode_on_the_fixture(fixture_pool, tmp_path):
 # ---- a small synthetic pool on disk ----------------------------------------------------------
 
 
-def write_pool(folder: Path, n_image: int = 240, n_video: int = 80, seed: int = 3) -> tuple[Path, Path, Path]:
+def write_pool(
+    folder: Path, n_image: int = 240, n_video: int = 80, seed: int = 3
+) -> tuple[Path, Path, Path]:
     """Image and video JSONL files (video rows share video ids) plus a published-style metrics file."""
     rng = random.Random(seed)
-    words = "the dog cup robot walk turn bar open river chart ball door child train".split()
-    sources = ["CLEVR-Math(MathV360K)", "ai2d(cauldron,llava_format)", "chartqa(cauldron)", "GEOS(MathV360K)"]
+    words = [
+        "the",
+        "dog",
+        "cup",
+        "robot",
+        "walk",
+        "turn",
+        "bar",
+        "open",
+        "river",
+        "chart",
+        "ball",
+        "door",
+        "child",
+        "train",
+    ]
+    sources = [
+        "CLEVR-Math(MathV360K)",
+        "ai2d(cauldron,llava_format)",
+        "chartqa(cauldron)",
+        "GEOS(MathV360K)",
+    ]
     uids = []
     with open(folder / "ov.jsonl", "w") as fh:
         for i in range(n_image):
@@ -108,25 +158,63 @@ def write_pool(folder: Path, n_image: int = 240, n_video: int = 80, seed: int = 
                 else:
                     q = " ".join(rng.choice(words) for _ in range(rng.randint(3, 25)))
                     a = " ".join(rng.choice(words) for _ in range(rng.randint(1, 40)))
-                turns += [{"role": "user", "content": ("<image>\n" if t == 0 else "") + q}, {"role": "assistant", "content": a}]
+                turns += [
+                    {"role": "user", "content": ("<image>\n" if t == 0 else "") + q},
+                    {"role": "assistant", "content": a},
+                ]
                 uids.append(f"ov::ov-{i}::t{t}")
-            fh.write(json.dumps({"id": f"ov-{i}", "data_source": sources[i % 4], "images": [f"img/{i}.jpg"], "messages": turns}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"ov-{i}",
+                        "data_source": sources[i % 4],
+                        "images": [f"img/{i}.jpg"],
+                        "messages": turns,
+                    }
+                )
+                + "\n"
+            )
     with open(folder / "vv.jsonl", "w") as fh:
         for i in range(n_video):
             vid = f"v{i // 3}"
-            q = rng.choice(["What happens after the dog runs?", "How many cups?", "Describe it."]) + " " + rng.choice(words)
+            q = (
+                rng.choice(["What happens after the dog runs?", "How many cups?", "Describe it."])
+                + " "
+                + rng.choice(words)
+            )
             a = " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))
             frames = [f"fr/{vid}/{k}.jpg" for k in range(rng.choice([8, 24, 48]))]
             msgs = [{"from": "human", "value": "<video>\n" + q}, {"from": "gpt", "value": a}]
-            fh.write(json.dumps({"id": f"vv-{i}", "video_id": vid, "data_source": "0_30_s_academic_v0_1",
-                                 "images": frames, "conversations": msgs}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"vv-{i}",
+                        "video_id": vid,
+                        "data_source": "0_30_s_academic_v0_1",
+                        "images": frames,
+                        "conversations": msgs,
+                    }
+                )
+                + "\n"
+            )
             uids.append(f"vv::vv-{i}::t0")
     with open(folder / "metrics.jsonl", "w") as fh:
         for uid in uids:
             if rng.random() < 0.9:
                 lv, lb = rng.random() * 3, rng.random() * 3
-                fh.write(json.dumps({"qa_uid": uid, "loss_video": lv, "loss_blind": lb, "frame_diversity": rng.random() / 5,
-                                     "vds": lb - lv, "quality_score": rng.random()}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "qa_uid": uid,
+                            "loss_video": lv,
+                            "loss_blind": lb,
+                            "frame_diversity": rng.random() / 5,
+                            "vds": lb - lv,
+                            "quality_score": rng.random(),
+                        }
+                    )
+                    + "\n"
+                )
     return folder / "ov.jsonl", folder / "vv.jsonl", folder / "metrics.jsonl"
 
 
@@ -149,14 +237,37 @@ def test_outputs_are_byte_identical_across_runs_and_hash_seeds(tmp_path, compat)
     for hash_seed in ("0", "12345"):
         out = tmp_path / f"out_{hash_seed}"
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(ov), str(vv), str(metrics), str(out), str(profile), compat],
-                       check=True, cwd=REPO, env=env, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                BUILD_SCRIPT,
+                str(ov),
+                str(vv),
+                str(metrics),
+                str(out),
+                str(profile),
+                compat,
+            ],
+            check=True,
+            cwd=REPO,
+            env=env,
+            timeout=300,
+        )
         outs.append(out)
     names = ["gdo_1x_16f.jsonl", "uni_10x_16f.jsonl", "report.json", "profile.json"]
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
-    again = BLD.build_subsets(profile, ov, vv, tmp_path / "in_process", metrics=metrics, compat=(compat or None),
-                              progress=False, target_frames=16)
+    again = BLD.build_subsets(
+        profile,
+        ov,
+        vv,
+        tmp_path / "in_process",
+        metrics=metrics,
+        compat=(compat or None),
+        progress=False,
+        target_frames=16,
+    )
     for name in names:
         assert (outs[0] / name).read_bytes() == (again.out_dir / name).read_bytes(), name
     rows = [json.loads(line) for line in again.gdo_path.open()]
@@ -167,13 +278,26 @@ def test_build_subsets_ablations_and_fixed_budget(tmp_path):
     ov, vv, metrics = write_pool(tmp_path)
     profile = tmp_path / "small.toml"
     profile.write_text(SMALL)
-    base = BLD.build_subsets(profile, ov, vv, tmp_path / "a", metrics=metrics, progress=False, target_count=60)
+    base = BLD.build_subsets(
+        profile, ov, vv, tmp_path / "a", metrics=metrics, progress=False, target_count=60
+    )
     assert base.report["target_count"] == 60 and base.report["budget_info"]["mode"] == "fixed_count"
-    no_vds = BLD.build_subsets(profile, ov, vv, tmp_path / "b", metrics=metrics, progress=False, target_count=60, no_vds=True)
+    no_vds = BLD.build_subsets(
+        profile,
+        ov,
+        vv,
+        tmp_path / "b",
+        metrics=metrics,
+        progress=False,
+        target_count=60,
+        no_vds=True,
+    )
     assert no_vds.report["ablations"] == ["no_vds"]
     assert json.loads(no_vds.profile_path.read_text())["ablations"] == ["no_vds"]
     with pytest.raises(BLD.BuildError, match="either a target count or a target ratio"):
-        BLD.build_subsets(profile, ov, vv, tmp_path / "c", target_count=10, target_ratio=0.1, progress=False)
+        BLD.build_subsets(
+            profile, ov, vv, tmp_path / "c", target_count=10, target_ratio=0.1, progress=False
+        )
 
 
 # ---- metrics inputs ---------------------------------------------------------------------------
@@ -182,7 +306,14 @@ def test_build_subsets_ablations_and_fixed_budget(tmp_path):
 def test_metrics_formats_agree(tmp_path):
     _, _, jsonl = write_pool(tmp_path)
     reference = BLD.load_metrics(jsonl).rows
-    assert reference.columns == ["qa_uid", "loss_video", "loss_blind", "frame_diversity", "vds", "quality"]
+    assert reference.columns == [
+        "qa_uid",
+        "loss_video",
+        "loss_blind",
+        "frame_diversity",
+        "vds",
+        "quality",
+    ]
     gz = tmp_path / "m.jsonl.gz"
     gz.write_bytes(gzip.compress(jsonl.read_bytes()))
     assert BLD.load_metrics(gz).rows.equals(reference)
@@ -198,10 +329,19 @@ def test_metrics_formats_agree(tmp_path):
     con.close()
     assert BLD.load_metrics(db).rows.equals(reference)
     nested = tmp_path / "nested.jsonl"
-    nested.write_text(json.dumps({"qa_uid": "a", "data_quality_metrics": {"vds": 1.5, "quality_score": 0.2}}) + "\n")
+    nested.write_text(
+        json.dumps({"qa_uid": "a", "data_quality_metrics": {"vds": 1.5, "quality_score": 0.2}})
+        + "\n"
+    )
     rows = BLD.load_metrics(nested).rows
-    assert rows.row(0, named=True) | {} == {"qa_uid": "a", "loss_video": None, "loss_blind": None,
-                                           "frame_diversity": None, "vds": 1.5, "quality": 0.2}
+    assert rows.row(0, named=True) | {} == {
+        "qa_uid": "a",
+        "loss_video": None,
+        "loss_blind": None,
+        "frame_diversity": None,
+        "vds": 1.5,
+        "quality": 0.2,
+    }
 
 
 def test_metrics_errors_name_file_line_and_key(tmp_path):
@@ -213,7 +353,9 @@ def test_metrics_errors_name_file_line_and_key(tmp_path):
     broken.write_text('{"qa_uid": "a", "vds": 1.0}\n{oops\n')
     with pytest.raises(BLD.MetricsError, match=r"broken.jsonl:2: not valid JSON"):
         BLD.load_metrics(broken)
-    lenient = BLD.load_metrics(broken, strict=False)  # compat: the published reader skips and counts
+    lenient = BLD.load_metrics(
+        broken, strict=False
+    )  # compat: the published reader skips and counts
     assert lenient.rows.height == 1 and lenient.bad_rows == 1
     no_uid = tmp_path / "no_uid.parquet"
     pl.DataFrame({"id": ["a"], "vds": [1.0]}).write_parquet(no_uid)
@@ -236,10 +378,23 @@ def test_resample_jsonl(tmp_path):
     src = tmp_path / "in.jsonl"
     frames = [f"f/{i}.jpg" for i in range(32)]
     rows = [
-        {"qa_uid": "v", "messages": [{"role": "user", "content": "<image>" * 32 + "\nWhat?"}, {"role": "assistant", "content": "x"}],
-         "images": frames, "data_quality_metrics": {"n_frames": 32, "temporal_category": "Mixed"}},
-        {"qa_uid": "i", "messages": [{"role": "user", "content": "<image>\nQ"}, {"role": "assistant", "content": "y"}],
-         "images": ["a.jpg"]},
+        {
+            "qa_uid": "v",
+            "messages": [
+                {"role": "user", "content": "<image>" * 32 + "\nWhat?"},
+                {"role": "assistant", "content": "x"},
+            ],
+            "images": frames,
+            "data_quality_metrics": {"n_frames": 32, "temporal_category": "Mixed"},
+        },
+        {
+            "qa_uid": "i",
+            "messages": [
+                {"role": "user", "content": "<image>\nQ"},
+                {"role": "assistant", "content": "y"},
+            ],
+            "images": ["a.jpg"],
+        },
     ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert BLD.resample_jsonl(src, tmp_path / "out.jsonl", 8) == 2

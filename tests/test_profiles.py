@@ -34,12 +34,22 @@ def test_presets_match_the_paper_table(index):
     for key, values in PAPER_TABLE.items():
         assert getattr(profile, key) == pytest.approx(values[index]), key
     assert profile.temporal_categories == ("Temporal", "Mixed")
-    assert (profile.seed, profile.target_frames, profile.max_qa_per_video, profile.uni_multiplier) == (42, 32, 8, 10.0)
+    assert (
+        profile.seed,
+        profile.target_frames,
+        profile.max_qa_per_video,
+        profile.uni_multiplier,
+    ) == (42, 32, 8, 10.0)
 
 
 def test_custom_template_and_aliases():
     custom = P.load_profile("custom")
-    assert (custom.min_count, custom.max_count, custom.max_ratio, custom.min_video_ratio) == (15000, 120000, 0.02, 0.40)
+    assert (custom.min_count, custom.max_count, custom.max_ratio, custom.min_video_ratio) == (
+        15000,
+        120000,
+        0.02,
+        0.40,
+    )
     assert P.load_profile("Temp+").name == "temp_plus"
     assert P.load_profile("MinLoss").name == "minloss"
 
@@ -55,7 +65,10 @@ def _write(path, text):
 
 
 def test_user_profile_extends_a_preset(tmp_path):
-    path = _write(tmp_path / "my_goal.toml", 'extends = "temp"\nmin_video_ratio = 0.6\nmax_video_ratio = 0.7\n')
+    path = _write(
+        tmp_path / "my_goal.toml",
+        'extends = "temp"\nmin_video_ratio = 0.6\nmax_video_ratio = 0.7\n',
+    )
     profile = P.load_profile(path)
     assert profile.name == "my_goal" and profile.extends == "temp" and profile.source == str(path)
     assert profile.min_video_ratio == 0.6 and profile.max_video_ratio == 0.7
@@ -84,11 +97,11 @@ def test_user_profile_may_not_shadow_a_preset(tmp_path):
         ("coverage_mass = 0.0\n", "key 'coverage_mass' = 0.0 is out of range"),
         ("oversample = 0.5\n", "key 'oversample' = 0.5 is out of range"),
         ("min_count = 2.5\n", "key 'min_count' must be a whole number"),
-        ("min_ratio = \"a\"\n", "key 'min_ratio' must be a number"),
-        ("temporal_categories = [\"Slow\"]\n", "key 'temporal_categories' holds 'Slow'"),
+        ('min_ratio = "a"\n', "key 'min_ratio' must be a number"),
+        ('temporal_categories = ["Slow"]\n', "key 'temporal_categories' holds 'Slow'"),
         ("min_count = 500000\n", "key 'min_count' .* exceeds 'max_count'"),
         ("min_video_ratio = 0.9\nmax_video_ratio = 0.5\n", "key 'min_video_ratio' .* exceeds"),
-        ("extends = \"nothing\"\n", "key 'extends' = 'nothing'"),
+        ('extends = "nothing"\n', "key 'extends' = 'nothing'"),
         ("min_count = \n", "not valid TOML"),
     ],
 )
@@ -116,7 +129,9 @@ def test_template_round_trips(tmp_path):
     profile = P.load_profile(path)
     base = P.load_profile("temp_plus")
     assert profile.extends == "temp_plus"
-    assert {k: getattr(profile, k) for k in PAPER_TABLE} == {k: getattr(base, k) for k in PAPER_TABLE}
+    assert {k: getattr(profile, k) for k in PAPER_TABLE} == {
+        k: getattr(base, k) for k in PAPER_TABLE
+    }
 
 
 def test_to_dict_is_json_ready():

@@ -13,13 +13,13 @@ import pytest
 from gdo_core import budget as B
 from gdo_core import select as S
 from gdo_core.candidate_score import (
-    Ablations,
     W_IMAGE_NAT,
+    W_IMAGE_QUALITY,
     W_VIDEO_NAT,
     W_VIDEO_QUALITY,
     W_VIDEO_VDS3,
-    W_IMAGE_QUALITY,
     Z_CAP,
+    Ablations,
     metric_stats,
     numpy_mean_std,
     welford_mean_std,
@@ -28,9 +28,29 @@ from gdo_core.profiles import load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, QA_SCHEMA
 from gdo_core.strata import with_stratum_fields
 
-SOURCES_IMAGE = ["CLEVR-Math(MathV360K)", "ai2d(cauldron,llava_format)", "chartqa(cauldron)", "GEOS(MathV360K)"]
+SOURCES_IMAGE = [
+    "CLEVR-Math(MathV360K)",
+    "ai2d(cauldron,llava_format)",
+    "chartqa(cauldron)",
+    "GEOS(MathV360K)",
+]
 SOURCES_VIDEO = ["0_30_s_academic_v0_1", "30_60_s_youtube_v0_1"]
-WORDS = "the dog cup robot walk turn bar open river chart ball door child train".split()
+WORDS = [
+    "the",
+    "dog",
+    "cup",
+    "robot",
+    "walk",
+    "turn",
+    "bar",
+    "open",
+    "river",
+    "chart",
+    "ball",
+    "door",
+    "child",
+    "train",
+]
 
 
 def make_qa(n_image: int = 300, n_video: int = 150, seed: int = 0) -> pl.DataFrame:
@@ -39,13 +59,29 @@ def make_qa(n_image: int = 300, n_video: int = 150, seed: int = 0) -> pl.DataFra
     rows = []
     for i in range(n_image):
         mcq = i % 4 == 0
-        q = f"Which is closest to the {rng.choice(WORDS)}?\nA. {rng.choice(WORDS)}\nB. {rng.choice(WORDS)}" if mcq else \
-            " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 20)))
+        q = (
+            f"Which is closest to the {rng.choice(WORDS)}?\nA. {rng.choice(WORDS)}\nB. {rng.choice(WORDS)}"
+            if mcq
+            else " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 20)))
+        )
         a = "A" if mcq else " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))
-        rows.append(("ov", f"ov-{i}", None, 0, q, a, [f"images/{i}.jpg"], SOURCES_IMAGE[i % len(SOURCES_IMAGE)]))
+        rows.append(
+            (
+                "ov",
+                f"ov-{i}",
+                None,
+                0,
+                q,
+                a,
+                [f"images/{i}.jpg"],
+                SOURCES_IMAGE[i % len(SOURCES_IMAGE)],
+            )
+        )
     for i in range(n_video):
         vid = f"v{i // 5}"
-        q = rng.choice(["What happens after the dog runs?", "How many cups are there?", "Describe the video."])
+        q = rng.choice(
+            ["What happens after the dog runs?", "How many cups are there?", "Describe the video."]
+        )
         q += " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 10)))
         a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))
         frames = [f"frames/{vid}/{k}.jpg" for k in range(rng.choice([8, 16, 32]))]
@@ -93,7 +129,13 @@ def make_metrics(qa: pl.DataFrame, seed: int = 1, share: float = 0.9) -> pl.Data
 
 def small_profile(**changes):
     """The temp_plus preset scaled down to a pool of a few hundred QAs."""
-    base = dict(min_count=60, max_count=400, max_ratio=0.4, source_group_floor_topk=4, min_source_group_ratio=0.02)
+    base = {
+        "min_count": 60,
+        "max_count": 400,
+        "max_ratio": 0.4,
+        "source_group_floor_topk": 4,
+        "min_source_group_ratio": 0.02,
+    }
     base.update(changes)
     return load_profile("temp_plus").with_overrides(**base)
 
@@ -110,8 +152,15 @@ def test_largest_remainder_quotas_sum_and_ties_in_input_order():
 
 
 def test_auto_budget_by_hand():
-    profile = load_profile("temp").with_overrides(min_count=1, min_ratio=0.0, max_ratio=1.0, max_count=10**6,
-                                                 strata_mult=2.0, coverage_mass=0.5, tail_target=1.0)
+    profile = load_profile("temp").with_overrides(
+        min_count=1,
+        min_ratio=0.0,
+        max_ratio=1.0,
+        max_count=10**6,
+        strata_mult=2.0,
+        coverage_mass=0.5,
+        tail_target=1.0,
+    )
     n, info = B.auto_budget(100, [50, 25, 25], profile)
     entropy = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
     assert info["effective_strata"] == pytest.approx(math.exp(entropy))
@@ -127,23 +176,36 @@ def test_auto_budget_caps():
 
 
 def test_vds3_adjustment_raises_within_cap():
-    profile = load_profile("temp").with_overrides(vds3_target_positive=30, vds3_max_mult=2.0, max_ratio=1.0, max_count=10**6)
+    profile = load_profile("temp").with_overrides(
+        vds3_target_positive=30, vds3_max_mult=2.0, max_ratio=1.0, max_count=10**6
+    )
     values = np.array([1.0] * 25 + [-1.0] * 75)
     n, info = B.vds3_adjusted_budget(50, 1000, values, profile)
     assert info["n_from_vds3_positive"] == 120 and info["vds3_adjust_cap"] == 100 and n == 100
 
 
 def test_source_group_floors_scaled_to_seventy_percent():
-    profile = load_profile("temp").with_overrides(source_group_floor_topk=3, min_source_group_ratio=0.3, floor_frac_of_expected=0.0)
+    profile = load_profile("temp").with_overrides(
+        source_group_floor_topk=3, min_source_group_ratio=0.3, floor_frac_of_expected=0.0
+    )
     floors = B.source_group_floors([("a", 340), ("b", 330), ("c", 330)], 10, 1000, profile)
     # each needs ceil(10*0.3)=3 <= floor(expected); 9 > 7 -> scaled by 7/9, floored, at least 1
     assert floors == {"a": 2, "b": 2, "c": 2}
 
 
 def test_hard_constraints_negative_ratio_follows_the_pool():
-    profile = load_profile("temp").with_overrides(min_video_ratio=-1.0, max_video_ratio=-1.0, min_temporal_in_video_ratio=-1.0)
-    hc = B.hard_constraints(target_count=100, total=1000, video_count=300, temporal_video_count=150,
-                            video_quota=30, group_counts_desc=[], profile=profile)
+    profile = load_profile("temp").with_overrides(
+        min_video_ratio=-1.0, max_video_ratio=-1.0, min_temporal_in_video_ratio=-1.0
+    )
+    hc = B.hard_constraints(
+        target_count=100,
+        total=1000,
+        video_count=300,
+        temporal_video_count=150,
+        video_quota=30,
+        group_counts_desc=[],
+        profile=profile,
+    )
     assert (hc.min_video_count, hc.max_video_count, hc.min_temporal_video_count) == (30, 100, 15)
 
 
@@ -154,17 +216,27 @@ def test_welford_and_numpy_stats_agree():
     values = np.random.default_rng(3).normal(2.0, 3.0, 1000)
     n1, m1, s1 = welford_mean_std(values)
     n2, m2, s2 = numpy_mean_std(values)
-    assert n1 == n2 == 1000 and m1 == pytest.approx(m2, rel=1e-12) and s1 == pytest.approx(s2, rel=1e-12)
+    assert (
+        n1 == n2 == 1000
+        and m1 == pytest.approx(m2, rel=1e-12)
+        and s1 == pytest.approx(s2, rel=1e-12)
+    )
     assert welford_mean_std(np.array([5.0]))[2] == 1.0
     assert numpy_mean_std(np.array([2.0, 2.0, 2.0]))[2] == 1.0  # var <= 1e-12 -> std 1
 
 
-def _terms(qa, metrics, ablations=Ablations()):
+def _terms(qa, metrics, ablations=None):
     prof = S.pool_profile(qa)
     vds3, quality, has, _, _ = S._metric_terms_for_pool(qa, metrics, "default")
     from gdo_core.candidate_score import score_terms
 
-    return score_terms(S.score_inputs(qa, prof), qa_vds3=vds3, qa_quality=quality, has_metrics=has, ablations=ablations)
+    return score_terms(
+        S.score_inputs(qa, prof),
+        qa_vds3=vds3,
+        qa_quality=quality,
+        has_metrics=has,
+        ablations=ablations or Ablations(),
+    )
 
 
 def test_each_ablation_changes_exactly_its_term():
@@ -175,7 +247,15 @@ def test_each_ablation_changes_exactly_its_term():
     has = base["has_metrics"].to_numpy()
     vds3n = np.clip(base["vds3"].to_numpy(), -Z_CAP, Z_CAP) / Z_CAP
     qn = np.clip(base["quality_z"].to_numpy(), -Z_CAP, Z_CAP) / Z_CAP
-    unchanged = ["naturalness", "difficulty", "alignment", "temporal_bonus", "source_prior", "vds3", "quality_z"]
+    unchanged = [
+        "naturalness",
+        "difficulty",
+        "alignment",
+        "temporal_bonus",
+        "source_prior",
+        "vds3",
+        "quality_z",
+    ]
 
     no_vds = _terms(qa, metrics, Ablations(no_vds=True))
     assert no_vds.select(unchanged).equals(base.select(unchanged))
@@ -193,12 +273,15 @@ def test_each_ablation_changes_exactly_its_term():
     nat = base["naturalness"].to_numpy()
     np.testing.assert_allclose(
         base["base_score"].to_numpy() - no_ppl["base_score"].to_numpy(),
-        np.where(video, W_VIDEO_NAT * nat, W_IMAGE_NAT * nat), atol=1e-12,
+        np.where(video, W_VIDEO_NAT * nat, W_IMAGE_NAT * nat),
+        atol=1e-12,
     )
     assert no_ppl.select(unchanged).equals(base.select(unchanged))
     # the metric terms of the score are untouched: score - base part is the same
     rest_base = base["score"].to_numpy() - np.where(video, 0.35, 0.9) * base["base_norm"].to_numpy()
-    rest_ppl = no_ppl["score"].to_numpy() - np.where(video, 0.35, 0.9) * no_ppl["base_norm"].to_numpy()
+    rest_ppl = (
+        no_ppl["score"].to_numpy() - np.where(video, 0.35, 0.9) * no_ppl["base_norm"].to_numpy()
+    )
     np.testing.assert_allclose(rest_base, rest_ppl, atol=1e-12)
 
     # the budget switch leaves every score term alone
@@ -208,11 +291,26 @@ def test_each_ablation_changes_exactly_its_term():
 def test_no_vds3_budget_changes_only_the_budget():
     qa = make_qa()
     metrics = make_metrics(qa)
-    profile = small_profile(min_count=20, strata_mult=1.0, coverage_mass=0.05, tail_target=1.0, max_ratio=0.9,
-                            vds3_target_positive=150, vds3_max_mult=3.0)
+    profile = small_profile(
+        min_count=20,
+        strata_mult=1.0,
+        coverage_mass=0.05,
+        tail_target=1.0,
+        max_ratio=0.9,
+        vds3_target_positive=150,
+        vds3_max_mult=3.0,
+    )
     on = S.select_subsets(qa, profile, metrics=metrics)
-    off = S.select_subsets(qa, profile, metrics=metrics, options=S.SelectOptions(ablations=Ablations(no_vds3_budget=True)))
-    assert "vds3_adjustment" in on.report["budget_info"] and "vds3_adjustment" not in off.report["budget_info"]
+    off = S.select_subsets(
+        qa,
+        profile,
+        metrics=metrics,
+        options=S.SelectOptions(ablations=Ablations(no_vds3_budget=True)),
+    )
+    assert (
+        "vds3_adjustment" in on.report["budget_info"]
+        and "vds3_adjustment" not in off.report["budget_info"]
+    )
     assert on.report["target_count"] > off.report["target_count"]
     assert on.scores.equals(off.scores)
 
@@ -314,9 +412,21 @@ def test_acceptance_rule():
         stratum=[0] * 6,
         group=["g"] * 6,
     )
-    acc = S._Acceptor(attrs.uid, attrs.text, attrs.is_video, attrs.video_uid, max_video=2, max_per_video=1, limit=10)
+    acc = S._Acceptor(
+        attrs.uid,
+        attrs.text,
+        attrs.is_video,
+        attrs.video_uid,
+        max_video=2,
+        max_per_video=1,
+        limit=10,
+    )
     taken = [i for i in range(6) if acc.take(i, "x")]
-    assert taken == [0, 3, 5]  # 1: uid used, 2: text used, 4: per-video cap; then the video max is 2
+    assert taken == [
+        0,
+        3,
+        5,
+    ]  # 1: uid used, 2: text used, 4: per-video cap; then the video max is 2
 
 
 def test_select_subsets_meets_constraints_and_sizes():
@@ -334,15 +444,31 @@ def test_select_subsets_meets_constraints_and_sizes():
     assert hc["min_video_count"] <= hc["selected_video_count"] <= hc["max_video_count"]
     uids = qa["qa_uid"].gather(result.gdo.rows).to_list()
     assert len(set(uids)) == len(uids)
-    texts = qa.select(pl.concat_str(["question", "answer"], separator="|||"))[:, 0].gather(result.gdo.rows).to_list()
+    texts = (
+        qa.select(pl.concat_str(["question", "answer"], separator="|||"))[:, 0]
+        .gather(result.gdo.rows)
+        .to_list()
+    )
     assert len(set(texts)) == len(texts)
     per_video = qa["video_uid"].gather(result.gdo.rows).drop_nulls().value_counts()
     assert per_video["count"].max() <= profile.max_qa_per_video
     assert sum(hc["selection_stage_counts"].values()) == n
-    assert set(result.gdo.stages) <= {S.STAGE_TEMPORAL, S.STAGE_VIDEO, S.STAGE_STRATUM, S.STAGE_GLOBAL,
-                                      S.STAGE_RESERVOIR} | {s for s in result.gdo.stages if s.startswith(S.STAGE_GROUP_PREFIX)}
-    assert set(rep["filtered_summary"]["js_to_full_profile"]) == {"bucket", "duration_bucket", "temporal_category",
-                                                                  "question_form", "q_len_bucket", "a_len_bucket", "source_group"}
+    assert set(result.gdo.stages) <= {
+        S.STAGE_TEMPORAL,
+        S.STAGE_VIDEO,
+        S.STAGE_STRATUM,
+        S.STAGE_GLOBAL,
+        S.STAGE_RESERVOIR,
+    } | {s for s in result.gdo.stages if s.startswith(S.STAGE_GROUP_PREFIX)}
+    assert set(rep["filtered_summary"]["js_to_full_profile"]) == {
+        "bucket",
+        "duration_bucket",
+        "temporal_category",
+        "question_form",
+        "q_len_bucket",
+        "a_len_bucket",
+        "source_group",
+    }
     assert rep["full_profile_fields"]["question_form"]["MCQ"] > 0
 
 
@@ -357,20 +483,35 @@ def test_fixed_budget_and_global_fill():
 
 def test_uni_relaxes_text_then_takes_anything():
     attrs = S._RowAttrs(
-        rows=np.array([10, 11, 12]), uid=["a", "b", "c"], text=["t", "t", "t"],
-        is_video=[False] * 3, video_uid=[""] * 3, temporal=[False] * 3, stratum=[0] * 3, group=["g"] * 3,
+        rows=np.array([10, 11, 12]),
+        uid=["a", "b", "c"],
+        text=["t", "t", "t"],
+        is_video=[False] * 3,
+        video_uid=[""] * 3,
+        temporal=[False] * 3,
+        stratum=[0] * 3,
+        group=["g"] * 3,
     )
     assert S.select_uni(np.array([10, 11, 12]), 3, 8, attrs) == [10, 11, 12]
     assert S.select_uni(np.array([12, 10]), 4, 8, attrs) == [12, 10]
-    assert S.select_uni(np.array([12, 10]), 4, 8, attrs, repeats=True) == [12, 10, 12, 10]  # published quirk
+    assert S.select_uni(np.array([12, 10]), 4, 8, attrs, repeats=True) == [
+        12,
+        10,
+        12,
+        10,
+    ]  # published quirk
 
 
 def test_both_modes_are_deterministic():
     qa = make_qa()
     metrics = make_metrics(qa)
     for mode in ("default", "published"):
-        a = S.select_subsets(qa, small_profile(), metrics=metrics, options=S.SelectOptions(mode=mode))
-        b = S.select_subsets(qa, small_profile(), metrics=metrics, options=S.SelectOptions(mode=mode))
+        a = S.select_subsets(
+            qa, small_profile(), metrics=metrics, options=S.SelectOptions(mode=mode)
+        )
+        b = S.select_subsets(
+            qa, small_profile(), metrics=metrics, options=S.SelectOptions(mode=mode)
+        )
         assert a.gdo.rows == b.gdo.rows and a.uni_rows == b.uni_rows
         assert json.dumps(a.report) == json.dumps(b.report)
     c = S.select_subsets(qa, small_profile(), metrics=metrics, options=S.SelectOptions(seed=7))
@@ -382,12 +523,21 @@ def test_both_modes_are_deterministic():
 
 def test_exclusion_guard_by_question_and_by_pair(tmp_path):
     qa = make_qa()
-    q0, a0 = qa["question"][0], qa["answer"][0]
+    q0, _a0 = qa["question"][0], qa["answer"][0]
     q1, a1 = qa["question"][1], qa["answer"][1]
     ref = tmp_path / "bench.jsonl"
     ref.write_text(
-        json.dumps({"question": f"  {q0} ", "answer": "other"}) + "\n"
-        + json.dumps({"messages": [{"role": "user", "content": f"<image>\n{q1}"}, {"role": "assistant", "content": a1}]}) + "\n"
+        json.dumps({"question": f"  {q0} ", "answer": "other"})
+        + "\n"
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"<image>\n{q1}"},
+                    {"role": "assistant", "content": a1},
+                ]
+            }
+        )
+        + "\n"
         + "not json\n"
     )
     guard = S.load_exclusion_reference([ref], "both")
@@ -405,23 +555,49 @@ def test_exclusion_guard_by_question_and_by_pair(tmp_path):
 
 
 def test_js_divergence():
-    assert S.js_divergence({"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}) == pytest.approx(0.0, abs=1e-12)
+    assert S.js_divergence({"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}) == pytest.approx(
+        0.0, abs=1e-12
+    )
     assert S.js_divergence({"a": 1.0}, {"b": 1.0}) == pytest.approx(math.log(2), rel=1e-9)
-    assert S.js_divergence({"a": 0.2, "b": 0.8}, {"a": 0.6, "b": 0.4}) == S.js_divergence({"b": 0.8, "a": 0.2}, {"b": 0.4, "a": 0.6})
+    assert S.js_divergence({"a": 0.2, "b": 0.8}, {"a": 0.6, "b": 0.4}) == S.js_divergence(
+        {"b": 0.8, "a": 0.2}, {"b": 0.4, "a": 0.6}
+    )
 
 
 def test_sft_rows_shape():
     qa = make_qa(20, 10)
-    result = S.select_subsets(qa, small_profile(min_count=10), options=S.SelectOptions(target_count=12))
-    rows = S.sft_rows(result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode="published").to_dicts()
-    assert list(rows[0]) == ["qa_uid", "video_uid", "question_type", "question", "answer", "messages", "images",
-                             "data_quality_metrics", "meta"]
-    assert list(rows[0]["meta"]) == ["bucket", "source_name", "source_domain", "llava_source", "filter_score", "filter_score_detail"]
+    result = S.select_subsets(
+        qa, small_profile(min_count=10), options=S.SelectOptions(target_count=12)
+    )
+    rows = S.sft_rows(
+        result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode="published"
+    ).to_dicts()
+    assert list(rows[0]) == [
+        "qa_uid",
+        "video_uid",
+        "question_type",
+        "question",
+        "answer",
+        "messages",
+        "images",
+        "data_quality_metrics",
+        "meta",
+    ]
+    assert list(rows[0]["meta"]) == [
+        "bucket",
+        "source_name",
+        "source_domain",
+        "llava_source",
+        "filter_score",
+        "filter_score_detail",
+    ]
     for row in rows:
         user = row["messages"][0]["content"]
         assert user == "<image>" * len(row["images"]) + "\n" + row["question"]
         assert row["data_quality_metrics"]["n_frames"] == len(row["images"])
-    default = S.sft_rows(result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode="default").to_dicts()
+    default = S.sft_rows(
+        result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode="default"
+    ).to_dicts()
     assert default[0]["meta"]["stage"] == result.gdo.stages[0]
     assert "naturalness" in default[0]["meta"]["filter_score_detail"]
 
@@ -432,7 +608,17 @@ def test_distinct_answer_tokens_match_python(repeat):
 
     from gdo_core.candidate_score import distinct_answer_tokens
 
-    texts = ["a b a", "Dog dog DOG", "x_1 x_1, y-2!", "", "é ü a", "It's 3.5 km", "one", "A. B. a", "K \u212a k"] * repeat
+    texts = [
+        "a b a",
+        "Dog dog DOG",
+        "x_1 x_1, y-2!",
+        "",
+        "é ü a",
+        "It's 3.5 km",
+        "one",
+        "A. B. a",
+        "K \u212a k",
+    ] * repeat
     expected = [len(set(re.findall(r"[A-Za-z0-9_]+", t.lower()))) for t in texts]
     assert distinct_answer_tokens(pl.Series(texts)).tolist() == expected
     lengths = np.array([len(re.findall(r"[A-Za-z0-9_]+", t)) for t in texts])
