@@ -63,7 +63,7 @@ def test_descriptor_shards_recompute_only_the_edited_qa(tmp_path: Path) -> None:
                              selection=[candidate_pool, descriptor_shards])
         again = _metadata(result)
         assert (again["computed"], again["reused"]) == (1, first[edited]["qa"] - 1)
-        untouched = sorted(k for k in keys if k != edited)[0]
+        untouched = min(k for k in keys if k != edited)
         result = materialize(assets, partition_key=untouched, instance=instance, resources=resources,
                              selection=[descriptor_shards])
         assert (_metadata(result)["computed"], _metadata(result)["reused"]) == (0, first[untouched]["qa"])

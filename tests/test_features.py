@@ -18,7 +18,7 @@ def test_text_feature_is_unit_norm_bag_of_tokens() -> None:
     assert float(np.linalg.norm(feature)) == pytest.approx(1.0, abs=1e-6)
     # "the" x2 and "dog" x2 out of 8 tokens: the bins hold token counts before normalising.
     counts = np.zeros(16)
-    for token in "what happens after the dog runs the dog sits".split():
+    for token in ["what", "happens", "after", "the", "dog", "runs", "the", "dog", "sits"]:
         counts[stable_token_bin(token)] += 1
     np.testing.assert_allclose(feature, counts / np.linalg.norm(counts), rtol=1e-6)
 

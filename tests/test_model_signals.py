@@ -25,7 +25,6 @@ from gdo_core.descriptors.model_signals import (
     tnc_regex,
 )
 
-
 # ---- the statistics -----------------------------------------------------------------------
 
 
@@ -130,6 +129,17 @@ def _mixed_batch() -> list[QAInput]:
     ]
 
 
+def test_our_encoding_matches_the_processor(tiny: SignalModel) -> None:
+    item = _mixed_batch()[3]
+    encoded, counts = tiny.encode_images([item])
+    text = tiny.chat_text(item.question, item.answer, len(item.images))
+    ours = tiny.tokenize([tiny._expand(text, counts[0])])
+    theirs = tiny.processor(text=[text], images=item.images, return_tensors="pt")
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert ours["mm_token_type_ids"].tolist() == theirs["mm_token_type_ids"].tolist()
+    assert encoded["image_grid_thw"].tolist() == theirs["image_grid_thw"].tolist()
+
+
 def test_batched_signals_equal_one_at_a_time(tiny: SignalModel) -> None:
     items = _mixed_batch()
     batched = compute_signals(tiny, items, sc_samples=3)
@@ -181,15 +191,15 @@ def test_vds_is_positive_when_the_answer_needs_the_picture(tmp_path: Path) -> No
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = SignalModel.load(build_tiny_model(tmp_path / "fit"))
-    solid = lambda rgb: [np.tile(np.array(rgb, np.uint8), (32, 32, 1))]  # noqa: E731
+    solid = lambda rgb: [np.tile(np.array(rgb, np.uint8), (32, 32, 1))]
     items = [
         QAInput("What colour is the image?", "red", solid((255, 0, 0)), "r", 1),
         QAInput("What colour is the image?", "blue", solid((0, 0, 255)), "b", 2),
     ]
     examples = []
     for item in items:
-        prompt = model.processor(text=[model.chat_texts(item.question, None, 1)], images=item.images, return_tensors="pt")
-        full = model.processor(text=[model.chat_texts(item.question, item.answer, 1)], images=item.images, return_tensors="pt")
+        prompt = model.processor(text=[model.chat_text(item.question, None, 1)], images=item.images, return_tensors="pt")
+        full = model.processor(text=[model.chat_text(item.question, item.answer, 1)], images=item.images, return_tensors="pt")
         labels = full["input_ids"].clone()
         labels[:, : prompt["input_ids"].shape[1]] = -100
         examples.append((full, labels))

@@ -32,7 +32,7 @@ def write_clip(folder: Path, n: int, shift: float, seed: int = 0) -> list[str]:
     texture = _texture(seed)
     paths = []
     for i in range(n):
-        x = int(round(i * shift))
+        x = round(i * shift)
         path = folder / f"{i:03d}.png"
         cv2.imwrite(str(path), texture[:FLOW_SIZE, x : x + FLOW_SIZE])
         paths.append(str(path))

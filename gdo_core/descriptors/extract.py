@@ -180,28 +180,24 @@ def _join_errors(*notes: str | None) -> str | None:
 class Describer:
     """Extraction state shared by the chunks of a run: settings, cache and the model (loaded on first need)."""
 
-    def __init__(
-        self, settings: DescriptorSettings, cache: DescriptorCache | None = None, model: SignalModel | None = None
-    ) -> None:
+    def __init__(self, settings: DescriptorSettings, cache: DescriptorCache | None = None) -> None:
         self.settings = settings
         self.cache = cache
-        self._model = model
-        fingerprint = None
+        self._model: SignalModel | None = None
+        self.model_fingerprint = None if settings.motion_only else model_key(settings.model_dir, cache)
+        model_fields: dict[str, Any] = {}
         if not settings.motion_only:
-            fingerprint = model.fingerprint if model is not None else model_key(settings.model_dir, cache)
-        self.model_fingerprint = fingerprint
-        key_fields: dict[str, Any] = {"motion": MOTION_SETTINGS, "motion_only": settings.motion_only}
-        key_fields["signals"] = settings.signal_settings.key_fields()
-        if not settings.motion_only:
-            key_fields |= {
-                "model": fingerprint,
+            model_fields = {
+                "model": self.model_fingerprint,
                 "dtype": settings.dtype_name,
                 "device": settings.device.split(":")[0],
             }
-        self.settings_key = content_key(key_fields)
-        self.tnc_key = content_key({k: key_fields.get(k) for k in ("model", "dtype", "device")} | {
-            "tnc": {k: v for k, v in key_fields["signals"].items() if k.startswith("tnc")}
-        })
+        signal_fields = settings.signal_settings.key_fields()
+        self.settings_key = content_key(
+            {"motion": MOTION_SETTINGS, "motion_only": settings.motion_only, "signals": signal_fields, **model_fields}
+        )
+        tnc_fields = {k: v for k, v in signal_fields.items() if k.startswith("tnc")}
+        self.tnc_key = content_key({"tnc": tnc_fields, **model_fields})
 
     @property
     def model(self) -> SignalModel:

@@ -256,7 +256,7 @@ class SignalModel:
 
     # -- encoding -------------------------------------------------------------------------
 
-    def chat_texts(self, question: str, answer: str | None, n_images: int) -> str:
+    def chat_text(self, question: str, answer: str | None, n_images: int) -> str:
         """The chat-template text of a user turn (n image entries, then the question), plus the answer."""
         user = {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": question}]}
         if answer is None:
@@ -331,8 +331,8 @@ class SignalModel:
         prompts, fulls = [], []
         for item, item_counts in zip(items, counts):
             n = len(item_counts) if with_visuals else 0
-            prompts.append(self._expand(self.chat_texts(item.question, None, n), item_counts[:n]))
-            fulls.append(self._expand(self.chat_texts(item.question, item.answer, n), item_counts[:n]))
+            prompts.append(self._expand(self.chat_text(item.question, None, n), item_counts[:n]))
+            fulls.append(self._expand(self.chat_text(item.question, item.answer, n), item_counts[:n]))
         prompt_lens = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
         batch = self.tokenize(fulls)
         full_lens = batch["attention_mask"].sum(-1).tolist()
@@ -364,7 +364,7 @@ class SignalModel:
     ) -> list[list[str]]:
         """n sampled answers per QA (top-p 0.9, temperature 0.8) from one `generate` call over
         the batch's prompts each repeated n times (the vision outputs are shared, not recomputed)."""
-        prompts = [self._expand(self.chat_texts(it.question, None, len(c)), c) for it, c in zip(items, counts)]
+        prompts = [self._expand(self.chat_text(it.question, None, len(c)), c) for it, c in zip(items, counts)]
         batch = self.tokenize([p for p in prompts for _ in range(n)])
         rows = [i for i in range(len(items)) for _ in range(n)]
         repeated = _select_images(encoded, counts, rows)
@@ -384,7 +384,7 @@ class SignalModel:
 
     def tnc(self, questions: Sequence[str]) -> list[float]:
         """TNC by asking the model, text only and greedy, at most 3 new tokens."""
-        prompts = [self.chat_texts(TNC_PROMPT.format(question=q), None, 0) for q in questions]
+        prompts = [self.chat_text(TNC_PROMPT.format(question=q), None, 0) for q in questions]
         batch = self.tokenize(prompts)
         batch.pop("mm_token_type_ids")
         with torch.inference_mode():
@@ -482,8 +482,8 @@ def published_signals(model: SignalModel, item: QAInput, sc_samples: int, tnc_mo
     def loss(with_visuals: bool) -> float:
         k = n if with_visuals else 0
         images = item.images if k else None
-        prompt = proc(text=[model.chat_texts(item.question, None, k)], images=images, return_tensors="pt")
-        full = proc(text=[model.chat_texts(item.question, item.answer, k)], images=images, return_tensors="pt")
+        prompt = proc(text=[model.chat_text(item.question, None, k)], images=images, return_tensors="pt")
+        full = proc(text=[model.chat_text(item.question, item.answer, k)], images=images, return_tensors="pt")
         labels = full["input_ids"].clone()
         labels[:, : prompt["input_ids"].shape[1]] = IGNORE_INDEX
         inputs = {key: v.to(model.device) for key, v in full.items()}
@@ -494,7 +494,7 @@ def published_signals(model: SignalModel, item: QAInput, sc_samples: int, tnc_mo
 
     loss_video, loss_blind = loss(True), loss(False)
     if tnc_mode == TNC_LLM:
-        tnc_prompt = proc(text=[model.chat_texts(TNC_PROMPT.format(question=item.question), None, 0)], return_tensors="pt")
+        tnc_prompt = proc(text=[model.chat_text(TNC_PROMPT.format(question=item.question), None, 0)], return_tensors="pt")
         tnc_prompt = {k: v.to(model.device) for k, v in tnc_prompt.items() if k != "mm_token_type_ids"}
         with torch.inference_mode():
             out = model.model.generate(
@@ -506,7 +506,7 @@ def published_signals(model: SignalModel, item: QAInput, sc_samples: int, tnc_mo
         tnc = tnc_regex(item.question)
     answers: list[str] = []
     if n and sc_samples >= 2:
-        prompt = proc(text=[model.chat_texts(item.question, None, n)], images=item.images, return_tensors="pt")
+        prompt = proc(text=[model.chat_text(item.question, None, n)], images=item.images, return_tensors="pt")
         prompt = {k: v.to(model.device) for k, v in prompt.items()}
         prompt["pixel_values"] = prompt["pixel_values"].to(model.dtype)
         for k in range(sc_samples):

@@ -6,6 +6,7 @@ out to its QAs; each list's frames are decoded once, and the lists run in parall
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,7 +99,7 @@ def motion_of_grays(grays: Sequence[np.ndarray]) -> tuple[float, float]:
     """(AMM, frame diversity) over consecutive pairs; one frame or none gives (0, 0)."""
     if len(grays) < 2:
         return 0.0, 0.0
-    pairs = list(zip(grays[:-1], grays[1:]))
+    pairs = list(itertools.pairwise(grays))
     amm = float(np.mean([flow_magnitude(p, c) for p, c in pairs]))
     diversity = float(np.mean([pair_diversity(p, c) for p, c in pairs]))
     return amm, diversity
