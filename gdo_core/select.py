@@ -755,6 +755,7 @@ class SelectOptions:
     target_ratio: float | None = None
     ablations: Ablations = field(default_factory=Ablations)
     seed: int | None = None  # None: the profile's seed
+    uni_count: int | None = None  # a fixed Uni baseline size instead of ceil(1x * uni_multiplier)
 
 
 @dataclass
@@ -861,7 +862,7 @@ def select_subsets(
             budget_info["vds3_adjustment"] = vds3_info
             budget_info["recommended_count"] = target_count
             budget_info["recommended_ratio"] = target_count / float(total)
-    uni_count = B.uni_size(target_count, profile.uni_multiplier)
+    uni_count = options.uni_count or B.uni_size(target_count, profile.uni_multiplier)
     step("budget")
 
     # Quotas and hard constraints (§5.3).

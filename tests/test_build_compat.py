@@ -406,3 +406,66 @@ def test_resample_jsonl(tmp_path):
     src.write_text(json.dumps(rows[0]) + "\n{bad\n")
     with pytest.raises(BLD.BuildError, match=r"in.jsonl:2: not valid JSON"):
         BLD.resample_jsonl(src, tmp_path / "o2.jsonl", 8)
+
+
+# ---- the goal_subsets asset (gdo_assets/subsets.py) -----------------------------------------
+
+
+def test_goal_subsets_asset_materializes_with_passing_checks(tmp_path):
+    import duckdb
+    from dagster import materialize
+
+    from gdo_assets.pool import QA_DIR
+    from gdo_assets.project import GdoProject
+    from gdo_assets.subsets import goal_subsets, member_files, scan_ordered_qa
+    from gdo_core.pool import PoolFile, chunk_key, iter_pool_chunks
+
+    ov, vv, metrics = write_pool(tmp_path)
+    project = GdoProject(
+        data_dir=str(tmp_path / "data"), onevision=[str(ov)], video=[str(vv)], chunk_lines=50
+    )
+    for pool in project.pool_files():  # what candidate_pool writes, chunk by chunk
+        for key, chunk in iter_pool_chunks(PoolFile(pool.path, pool.kind), 50):
+            path = project.path(*QA_DIR, f"{key}.parquet")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            chunk.qa.write_parquet(path)
+    rows = BLD.load_metrics(metrics).rows
+    con = duckdb.connect(str(project.path("gdo.duckdb")))
+    con.register("m", rows.to_arrow())
+    con.execute("create table descriptors as select * from m")
+    con.close()
+    qa = scan_ordered_qa(project)
+    assert qa["qa_uid"][0].startswith("ov::") and qa["qa_uid"][-1].startswith("vv::")
+    assert chunk_key("ov", 0) == "ov-00000"
+
+    reference = tmp_path / "bench.jsonl"
+    reference.write_text(
+        json.dumps({"question": qa["question"][0], "answer": qa["answer"][0]}) + "\n"
+    )
+    result = materialize(
+        [goal_subsets],
+        partition_key="temp_plus",
+        resources={"gdo": project},
+        run_config={
+            "ops": {
+                "goal_subsets": {
+                    "config": {"target_count": 60, "exclude_reference": [str(reference)]}
+                }
+            }
+        },
+    )
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        "hard_constraints_met_or_reported": True,
+        "no_duplicate_qa": True,
+        "per_video_cap_held": True,
+        "no_excluded_qa": True,
+    }
+    meta = result.asset_materializations_for_node("goal_subsets")[0].metadata
+    assert meta["target_count"].value == 60 and "composition" in meta
+    members = pl.concat([pl.read_parquet(p) for p in member_files(project)])
+    assert set(members["arm"].unique()) == {"gdo", "uni10x"} and members[
+        "profile"
+    ].unique().to_list() == ["temp_plus"]
+    assert qa["qa_uid"][0] not in members["qa_uid"].to_list()

@@ -1,0 +1,352 @@
+"""The `goal_subsets` asset: GDO 1x and Uni-10x per goal profile, with blocking quality checks.
+
+One partition per profile: the four presets plus the user profile files found in the profiles
+folder ($GDO_PROFILES_DIR) when the code location loads. Each partition calls
+`gdo_core.build.build_from_pool` on the ingested QA chunks and the merged descriptors, writes both
+SFT files, report.json, profile.json and its members as Parquet (the `subset_members` view).
+"""
+
+import base64
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    StaticPartitionsDefinition,
+    asset,
+)
+from pydantic import Field
+
+from gdo_assets.pool import QA_DIR, split_chunk_key
+from gdo_assets.project import GdoProject
+from gdo_core import schema as S
+from gdo_core.build import BuildResult, build_from_pool, load_metrics
+from gdo_core.candidate_score import Ablations
+from gdo_core.profiles import available_profiles, load_profile, profiles_dir_from_env
+from gdo_core.select import load_exclusion_reference
+
+GOAL_SUBSETS = "goal_subsets"
+SUBSETS_DIR = ("subsets",)
+# The Parquet files behind the DuckDB view subset_members(profile, arm, qa_uid, rank, stage, score).
+SUBSET_MEMBERS_GLOB = ("subsets", "*", "subset_members.parquet")
+COMPOSITION_PLOT = "composition.png"
+DB_FILE = ("gdo.duckdb",)
+DEFAULT_BASELINE_PROFILE = "temp_plus"
+PLOT_FIELDS = ("bucket", "temporal_category", "duration_bucket", "question_form", "source_group")
+PLOT_TOP_VALUES = 10
+
+CHECK_CONSTRAINTS = "hard_constraints_met_or_reported"
+CHECK_UNIQUE = "no_duplicate_qa"
+CHECK_VIDEO_CAP = "per_video_cap_held"
+CHECK_EXCLUSION = "no_excluded_qa"
+
+# Profiles are static partitions, read once when the code location loads.
+goal_profiles = StaticPartitionsDefinition(list(available_profiles(profiles_dir_from_env())))
+
+
+class SubsetsConfig(Config):
+    """Settings of a subset build (the `gdo build` flags)."""
+
+    compat: str | None = Field(
+        default=None,
+        description="'published' reproduces the published build step, quirks included.",
+    )
+    target_count: int | None = Field(
+        default=None, ge=1, description="Fixed 1x size (default: auto)."
+    )
+    target_ratio: float | None = Field(
+        default=None, gt=0, le=1, description="Fixed 1x share of the pool."
+    )
+    uni_count: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fixed Uni baseline size (default: ceil(1x * uni_multiplier)).",
+    )
+    no_vds: bool = Field(default=False, description="Ablation: drop the vds3' term.")
+    no_ppl: bool = Field(
+        default=False, description="Ablation: drop the naturalness (PPL-like) term."
+    )
+    no_sc: bool = Field(default=False, description="Ablation: drop the quality (SC) term.")
+    no_vds3_budget: bool = Field(default=False, description="Ablation: no VDS3 budget adjustment.")
+    exclude_reference: list[str] = Field(
+        default_factory=list,
+        description="Benchmark JSONL files whose questions must not be selected.",
+    )
+    exclude_mode: str = Field(default="both", description="question, qa or both.")
+    seed: int | None = Field(default=None, description="Seed (default: the profile's, 42).")
+
+
+def subsets_dir(project: GdoProject, profile: str) -> Path:
+    """Where one profile's subset files go."""
+    return project.path(*SUBSETS_DIR, profile)
+
+
+def member_files(project: GdoProject) -> list[Path]:
+    """Every profile's subset_members.parquet (what the `subset_members` view reads)."""
+    return sorted(project.root.glob("/".join(SUBSET_MEMBERS_GLOB)))
+
+
+def baseline_uni_file(project: GdoProject, profile: str = DEFAULT_BASELINE_PROFILE) -> Path:
+    """The Uni-10x file that trains the baseline arm: the Uni file of one profile (default temp_plus)."""
+    folder = subsets_dir(project, profile)
+    found = sorted(folder.glob("uni_10x_*f.jsonl"))
+    if not found:
+        raise FileNotFoundError(
+            f"{folder}: no Uni-10x file; materialize goal_subsets[{profile}] first"
+        )
+    return found[0]
+
+
+def scan_ordered_qa(project: GdoProject) -> pl.DataFrame:
+    """Every ingested QA chunk, in the scan order of `gdo build`: pool files as configured, chunks by index."""
+    order = {pool.pool_name: i for i, pool in enumerate(project.pool_files())}
+    folder = project.path(*QA_DIR)
+    keys = []
+    for path in folder.glob("*.parquet"):
+        name, index = split_chunk_key(path.stem)
+        if name in order:
+            keys.append((order[name], index, path))
+    frames = [pl.read_parquet(path) for _, _, path in sorted(keys)]
+    if not frames:
+        raise FileNotFoundError(
+            f"{folder}: no ingested QA chunks; materialize candidate_pool first"
+        )
+    return pl.concat(frames).select(list(S.QA_SCHEMA))
+
+
+# ---- checks ---------------------------------------------------------------------------------
+
+
+def _constraint_check(report: dict[str, Any]) -> AssetCheckResult:
+    hc = report["hard_constraints"]
+    met = bool(hc.get("all_constraints_met"))
+    unmet = hc.get("unmet_constraints", {})
+    return AssetCheckResult(
+        check_name=CHECK_CONSTRAINTS,
+        passed=met or bool(unmet),  # unmet constraints must at least be reported
+        metadata={
+            "all_met": met,
+            "unmet": MetadataValue.json(unmet),
+            "video": f"{hc['selected_video_count']} in [{hc['min_video_count']}, {hc['max_video_count']}]",
+            "temporal_video": f"{hc['selected_temporal_video_count']} >= {hc['min_temporal_video_count']}",
+            "source_group_floors": MetadataValue.json(
+                {
+                    g: {
+                        "required": r,
+                        "selected": hc.get("source_group_floor_achieved", {}).get(g, 0),
+                    }
+                    for g, r in hc["source_group_floor_requirements"].items()
+                }
+            ),
+        },
+    )
+
+
+def _read_rows(path: Path) -> pl.DataFrame:
+    """qa_uid, video_uid, question and answer of an SFT file."""
+    if path.stat().st_size == 0:
+        return pl.DataFrame(
+            schema={c: pl.String for c in ("qa_uid", "video_uid", "question", "answer")}
+        )
+    return pl.read_ndjson(path).select("qa_uid", "video_uid", "question", "answer")
+
+
+def _output_checks(
+    result: BuildResult, config: SubsetsConfig, max_per_video: int
+) -> list[AssetCheckResult]:
+    gdo = _read_rows(result.gdo_path)
+    uni = _read_rows(result.uni_path)
+    dup_uid = gdo.height - gdo["qa_uid"].n_unique()
+    dup_text = gdo.height - gdo.select("question", "answer").n_unique() if gdo.height else 0
+    per_video = gdo.filter(pl.col("video_uid") != "")["video_uid"].value_counts()
+    worst = int(per_video["count"].max()) if per_video.height else 0
+    checks = [
+        AssetCheckResult(
+            check_name=CHECK_UNIQUE,
+            passed=dup_uid == 0 and dup_text == 0,
+            metadata={"duplicate_qa_uid": dup_uid, "duplicate_question_answer": dup_text},
+        ),
+        AssetCheckResult(
+            check_name=CHECK_VIDEO_CAP,
+            passed=worst <= max_per_video,
+            metadata={"max_qa_per_video_selected": worst, "cap": max_per_video},
+        ),
+    ]
+    hits = 0
+    if config.exclude_reference:
+        ref = load_exclusion_reference(config.exclude_reference, config.exclude_mode)
+        both = pl.concat([gdo, uni])
+        q_hit = both["question"].is_in(pl.Series(sorted(ref.questions), dtype=pl.String).implode())
+        qa_text = both.select(pl.concat_str(["question", "answer"], separator="\t"))[:, 0]
+        qa_hit = qa_text.is_in(pl.Series(sorted(ref.qa_pairs), dtype=pl.String).implode())
+        hits = int((q_hit | qa_hit).sum())
+    checks.append(
+        AssetCheckResult(
+            check_name=CHECK_EXCLUSION,
+            passed=hits == 0,
+            metadata={"matches": hits, "reference_files": len(config.exclude_reference)},
+        )
+    )
+    return checks
+
+
+# ---- metadata -------------------------------------------------------------------------------
+
+
+def composition_plot(result: BuildResult, qa: pl.DataFrame, out_path: Path) -> Path:
+    """A PNG with one panel per field: share of each value in the pool, GDO 1x and Uni-10x."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    report = result.report
+    members = result.members
+    figure = Figure(figsize=(4.2 * len(PLOT_FIELDS), 4.0), layout="constrained")
+    axes = figure.subplots(1, len(PLOT_FIELDS))
+    for ax, name in zip(axes, PLOT_FIELDS):
+        pool_counts = report["full_profile_fields"][name]
+        total = sum(pool_counts.values())
+        values = [v for v, _ in Counter(pool_counts).most_common(PLOT_TOP_VALUES)]
+        series = {"pool": [pool_counts.get(v, 0) / total for v in values]}
+        for arm in ("gdo", "uni10x"):
+            uids = members.filter(pl.col("arm") == arm).select("qa_uid")
+            sub = qa.join(uids, on="qa_uid", how="semi")
+            counts = dict(sub.group_by(name).len().iter_rows())
+            n = max(sub.height, 1)
+            series[arm] = [counts.get(v, 0) / n for v in values]
+        width = 0.27
+        for k, (label, shares) in enumerate(series.items()):
+            ax.bar([i + (k - 1) * width for i in range(len(values))], shares, width, label=label)
+        ax.set_xticks(range(len(values)), values, rotation=60, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
+    axes[0].legend(fontsize=7)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure).print_png(str(out_path))
+    return out_path
+
+
+def _js_table(report: dict[str, Any]) -> str:
+    gdo = report["filtered_summary"].get("js_to_full_profile", {})
+    uni = report["random_summary"].get("js_to_full_profile", {})
+    lines = ["| field | JS(GDO 1x, pool) | JS(Uni-10x, pool) |", "|---|---|---|"]
+    for name in gdo:
+        lines.append(f"| {name} | {gdo[name]:.5f} | {uni.get(name, float('nan')):.5f} |")
+    return "\n".join(lines)
+
+
+@asset(
+    name=GOAL_SUBSETS,
+    partitions_def=goal_profiles,
+    deps=["descriptors"],
+    group_name="subsets",
+    check_specs=[
+        AssetCheckSpec(
+            CHECK_CONSTRAINTS,
+            asset=GOAL_SUBSETS,
+            blocking=True,
+            description="Every hard constraint is met, or the unmet ones are listed in the report.",
+        ),
+        AssetCheckSpec(
+            CHECK_UNIQUE,
+            asset=GOAL_SUBSETS,
+            blocking=True,
+            description="No qa_uid or (question, answer) twice in GDO 1x.",
+        ),
+        AssetCheckSpec(
+            CHECK_VIDEO_CAP,
+            asset=GOAL_SUBSETS,
+            blocking=True,
+            description="At most max_qa_per_video QAs per video.",
+        ),
+        AssetCheckSpec(
+            CHECK_EXCLUSION,
+            asset=GOAL_SUBSETS,
+            blocking=True,
+            description="No selected QA matches the exclusion reference files.",
+        ),
+    ],
+    description="GDO 1x and Uni-10x SFT files for one goal profile, with report, profile and members.",
+)
+def goal_subsets(
+    context: AssetExecutionContext, config: SubsetsConfig, gdo: GdoProject
+) -> MaterializeResult:
+    """Build one profile's subsets from the ingested QA chunks and the merged descriptors."""
+    name = context.partition_key
+    profile = load_profile(name, profiles_dir_from_env())
+    qa = scan_ordered_qa(gdo)
+    db = gdo.path(*DB_FILE)
+    metrics = load_metrics(db, strict=config.compat is None) if db.is_file() else None
+    out_dir = subsets_dir(gdo, name)
+    result = build_from_pool(
+        qa,
+        profile,
+        out_dir,
+        metrics=metrics,
+        compat=config.compat,
+        target_count=config.target_count,
+        target_ratio=config.target_ratio,
+        ablations=Ablations(config.no_vds, config.no_ppl, config.no_sc, config.no_vds3_budget),
+        exclude_reference=config.exclude_reference,
+        exclude_mode=config.exclude_mode,
+        seed=config.seed,
+        uni_count=config.uni_count,
+        target_frames=gdo.target_frames,
+    )
+    report = result.report
+    plot = composition_plot(result, result_pool(qa, config), out_dir / COMPOSITION_PLOT)
+    image = base64.b64encode(plot.read_bytes()).decode()
+    hc = report["hard_constraints"]
+    gdo_summary = report["filtered_summary"]
+    temporal = dict(
+        qa.join(
+            result.members.filter(pl.col("arm") == "gdo").select("qa_uid"), on="qa_uid", how="semi"
+        )
+        .group_by("temporal_category")
+        .len()
+        .sort("temporal_category")
+        .iter_rows()
+    )
+    context.log.info(
+        f"{name}: GDO 1x {report['target_count']} QAs, Uni {report['random_target_count']} in {out_dir}"
+    )
+    return MaterializeResult(
+        metadata={
+            "target_count": report["target_count"],
+            "uni_count": report["random_target_count"],
+            "pool_qas": report["total_pairs"],
+            "per_bucket": MetadataValue.json(gdo_summary.get("bucket", {})),
+            "per_temporal_category": MetadataValue.json(temporal),
+            "unmet_constraints": MetadataValue.json(hc["unmet_constraints"]),
+            "stage_counts": MetadataValue.json(hc["selection_stage_counts"]),
+            "js_divergence": MetadataValue.md(_js_table(report)),
+            "overlap_ratio": report["overlap_ratio"],
+            "budget": MetadataValue.json(report["budget_info"]),
+            "composition": MetadataValue.md(
+                f"![subset composition vs pool](data:image/png;base64,{image})"
+            ),
+            "gdo_1x": MetadataValue.path(str(result.gdo_path)),
+            "uni_10x": MetadataValue.path(str(result.uni_path)),
+            "report": MetadataValue.path(str(result.report_path)),
+            "members": MetadataValue.path(str(result.members_path)),
+            "mode": report["mode"],
+        },
+        check_results=[
+            _constraint_check(report),
+            *_output_checks(result, config, profile.max_qa_per_video),
+        ],
+    )
+
+
+def result_pool(qa: pl.DataFrame, config: SubsetsConfig) -> pl.DataFrame:
+    """The QA fields the composition plot reads (published mode re-tests MCQ like the build did)."""
+    if config.compat == "published":
+        from gdo_core.build import published_view
+
+        return published_view(qa)
+    return qa
