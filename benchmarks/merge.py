@@ -87,7 +87,12 @@ def qa_shard(start: int, rows: int) -> pl.DataFrame:
         turn=pl.col("i") % 4,
         question=pl.format("What happens after event {} in the clip?", pl.col("i")),
         answer=pl.format("The person picks up object {}.", pl.col("i")),
-        frames=pl.concat_list([pl.format("frames/{}/{}.jpg", pl.col("i") // 4, pl.lit(j)) for j in range(VIDEO_FRAMES)]),
+        frames=pl.concat_list(
+            [
+                pl.format("frames/{}/{}.jpg", pl.col("i") // 4, pl.lit(j))
+                for j in range(VIDEO_FRAMES)
+            ]
+        ),
         n_frames=pl.lit(VIDEO_FRAMES),
         data_source=pl.format("{}_source (v1)", group),
         source_group=group,
@@ -103,7 +108,15 @@ def qa_shard(start: int, rows: int) -> pl.DataFrame:
         line=pl.col("i") // 4 + 1,
     )
     stratum = pl.concat_str(
-        ["bucket", "duration_bucket", "temporal_category", "question_form", "q_len_bucket", "a_len_bucket", "source_group"],
+        [
+            "bucket",
+            "duration_bucket",
+            "temporal_category",
+            "question_form",
+            "q_len_bucket",
+            "a_len_bucket",
+            "source_group",
+        ],
         separator="|",
     )
     return frame.with_columns(stratum=stratum).select(list(QA_SCHEMA)).cast(QA_SCHEMA)  # type: ignore[arg-type]
@@ -117,13 +130,22 @@ def write_shard_set(root: Path, rows: int, shards: int) -> dict[str, list[Path]]
     out: dict[str, list[Path]] = {"shards": [], "qa": [], "rejects": [root / "rejects.parquet"]}
     bounds = np.linspace(0, rows, shards + 1).astype(int)
     for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        shard, qa = root / "descriptors" / f"chunk-{i:04d}.parquet", root / "qa" / f"chunk-{i:04d}.parquet"
+        shard, qa = (
+            root / "descriptors" / f"chunk-{i:04d}.parquet",
+            root / "qa" / f"chunk-{i:04d}.parquet",
+        )
         descriptor_shard(int(lo), int(hi - lo), rng).write_parquet(shard)
         qa_shard(int(lo), int(hi - lo)).write_parquet(qa)
         out["shards"].append(shard)
         out["qa"].append(qa)
     pl.DataFrame(
-        {"source_file": ["video.jsonl"], "line": [1], "qa_uid": [None], "reason": ["bad_json"], "detail": ["x"]},
+        {
+            "source_file": ["video.jsonl"],
+            "line": [1],
+            "qa_uid": [None],
+            "reason": ["bad_json"],
+            "detail": ["x"],
+        },
         schema=REJECT_SCHEMA,
     ).write_parquet(out["rejects"][0])
     return out
@@ -148,7 +170,10 @@ print(json.dumps({"wall_s": wall, "peak_rss_mib": resource.getrusage(resource.RU
 def run_merge(root: Path, db: Path, clusters: int) -> dict:
     """One merge in a fresh interpreter; its own wall time and peak RSS."""
     done = subprocess.run(
-        [sys.executable, "-c", MERGE_CHILD, str(root), str(db), str(clusters)], capture_output=True, text=True, check=False
+        [sys.executable, "-c", MERGE_CHILD, str(root), str(db), str(clusters)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"merge failed:\n{done.stderr}")
@@ -164,7 +189,9 @@ def predict_speed(pool: dict[str, list[Path]], clusters: int, sample: int) -> di
     rng = np.random.default_rng(SEED)
     # Keep each row with a probability a bit above sample/total, then cut to `sample` rows.
     keep = min(1.0, 1.5 * sample / max(1, merge.row_count(pool["shards"])))
-    for batch in merge.iter_batches(pool["shards"], merge.FEATURE_INPUT_COLUMNS, merge.READ_BATCH_ROWS):
+    for batch in merge.iter_batches(
+        pool["shards"], merge.FEATURE_INPUT_COLUMNS, merge.READ_BATCH_ROWS
+    ):
         features = merge.feature_matrix(batch, stats)
         started = time.perf_counter()
         merge.assign_clusters(model, features)
@@ -205,7 +232,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
     parser.add_argument("--clusters", type=int, default=merge.DEFAULT_MAX_CLUSTERS)
     parser.add_argument("--rowwise-sample", type=int, default=ROWWISE_SAMPLE)
-    parser.add_argument("--out", type=Path, default=None, help="Work folder (default: a temporary one, removed).")
+    parser.add_argument(
+        "--no-predict", action="store_true", help="Skip the predict comparison (merge runs only)."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="Work folder (default: a temporary one, removed)."
+    )
     args = parser.parse_args()
 
     root = args.out or Path(tempfile.mkdtemp(prefix="gdo-merge-bench-"))
@@ -214,19 +246,33 @@ def main() -> None:
         pool = write_shard_set(root, args.rows, args.shards)
         generate_s = time.perf_counter() - started
         size_mib = sum(p.stat().st_size for paths in pool.values() for p in paths) / 2**20
-        print(f"shard set: {args.rows} rows in {args.shards} shards, {size_mib:.0f} MiB, written in {generate_s:.1f}s", flush=True)
+        print(
+            f"shard set: {args.rows} rows in {args.shards} shards, {size_mib:.0f} MiB, written in {generate_s:.1f}s",
+            flush=True,
+        )
         runs = []
         for i in range(args.runs):
             result = run_merge(root, root / "gdo.duckdb", args.clusters)
             runs.append(result)
-            print(f"merge run {i + 1}: {result['wall_s']:.1f}s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
-                  f"stages {json.dumps({k: round(v, 1) for k, v in result['timings_s'].items()})}", flush=True)
+            print(
+                f"merge run {i + 1}: {result['wall_s']:.1f}s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
+                f"stages {json.dumps({k: round(v, 1) for k, v in result['timings_s'].items()})}",
+                flush=True,
+            )
         db_mib = (root / "gdo.duckdb").stat().st_size / 2**20
-        speed = predict_speed(pool, min(args.clusters, args.rows), args.rowwise_sample)
-        print(f"predict: batched {speed['batched_all_rows_s']:.1f}s for {speed['rows']} rows; one row at a time "
-              f"{speed['rowwise_per_row_ms']:.3f} ms/row on {speed['sample_rows']} sampled rows -> "
-              f"{speed['rowwise_all_rows_s_extrapolated']:.0f}s extrapolated; speed-up "
-              f"{speed['speedup_vs_rowwise_all_rows']:.0f}x (same sample: {speed['speedup_vs_rowwise_same_sample']:.0f}x)", flush=True)
+        speed = (
+            {}
+            if args.no_predict
+            else predict_speed(pool, min(args.clusters, args.rows), args.rowwise_sample)
+        )
+        if speed:
+            print(
+                f"predict: batched {speed['batched_all_rows_s']:.1f}s for {speed['rows']} rows; one row at a time "
+                f"{speed['rowwise_per_row_ms']:.3f} ms/row on {speed['sample_rows']} sampled rows -> "
+                f"{speed['rowwise_all_rows_s_extrapolated']:.0f}s extrapolated; speed-up "
+                f"{speed['speedup_vs_rowwise_all_rows']:.0f}x (same sample: {speed['speedup_vs_rowwise_same_sample']:.0f}x)",
+                flush=True,
+            )
         summary = {
             "rows": args.rows,
             "shards": args.shards,

@@ -40,9 +40,13 @@ class MergeConfig(Config):
     """Settings of the merge (ALGORITHM.md §4)."""
 
     clusters: int | None = Field(
-        default=None, ge=1, description="k of the k-means coverage feature (default min(4096, rows))."
+        default=None,
+        ge=1,
+        description="k of the k-means coverage feature (default min(4096, rows)).",
     )
-    seed: int = Field(default=merge.DEFAULT_SEED, description="Seed of k-means and of the stats sample.")
+    seed: int = Field(
+        default=merge.DEFAULT_SEED, description="Seed of k-means and of the stats sample."
+    )
     max_error_share: float = Field(
         default=DEFAULT_MAX_ERROR_SHARE,
         ge=0.0,
@@ -64,36 +68,58 @@ def chunk_files(project: GdoProject, parts: tuple[str, ...], keys: list[str]) ->
 
 def _stats_table(report: merge.MergeReport) -> str:
     """The robust stats as a markdown table."""
-    lines = ["| signal | centre (median) | scale (IQR/1.349) | q1 | q3 | n |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| signal | centre (median) | scale (IQR/1.349) | q1 | q3 | n |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, stat in report.stats.items():
-        lines.append(f"| {name} | {stat.center:.6g} | {stat.scale:.6g} | {stat.q1:.6g} | {stat.q3:.6g} | {stat.n} |")
+        lines.append(
+            f"| {name} | {stat.center:.6g} | {stat.scale:.6g} | {stat.q1:.6g} | {stat.q3:.6g} | {stat.n} |"
+        )
     return "\n".join(lines)
 
 
-def _checks(report: merge.MergeReport, counts: dict[str, int], config: MergeConfig) -> list[AssetCheckResult]:
+def _checks(
+    report: merge.MergeReport, counts: dict[str, int], config: MergeConfig
+) -> list[AssetCheckResult]:
     """The four quality checks of a merged database."""
     expected_k = min(config.clusters or merge.DEFAULT_MAX_CLUSTERS, counts["rows"])
     return [
         AssetCheckResult(
             check_name=CHECK_EVERY_QA,
             passed=counts["qa_without_descriptor"] == 0,
-            metadata={"qa_rows": counts["qa_rows"], "qa_without_descriptor": counts["qa_without_descriptor"]},
+            metadata={
+                "qa_rows": counts["qa_rows"],
+                "qa_without_descriptor": counts["qa_without_descriptor"],
+            },
         ),
         AssetCheckResult(
             check_name=CHECK_FINITE,
             passed=counts["nonfinite_score_rows"] == 0,
-            metadata={"nonfinite_score_rows": counts["nonfinite_score_rows"], "columns": ", ".join(merge.SCORE_COLUMNS)},
+            metadata={
+                "nonfinite_score_rows": counts["nonfinite_score_rows"],
+                "columns": ", ".join(merge.SCORE_COLUMNS),
+            },
         ),
         AssetCheckResult(
             check_name=CHECK_CLUSTERS,
-            passed=counts["clusters"] == expected_k and counts["max_cluster_id"] < max(expected_k, 1),
+            passed=counts["clusters"] == expected_k
+            and counts["max_cluster_id"] < max(expected_k, 1),
             severity=AssetCheckSeverity.WARN,
-            metadata={"k": counts["clusters"], "expected_k": expected_k, "clusters_used": counts["distinct_clusters"]},
+            metadata={
+                "k": counts["clusters"],
+                "expected_k": expected_k,
+                "clusters_used": counts["distinct_clusters"],
+            },
         ),
         AssetCheckResult(
             check_name=CHECK_ERRORS,
             passed=report.error_share <= config.max_error_share,
-            metadata={"error_rows": counts["error_rows"], "error_share": report.error_share, "bound": config.max_error_share},
+            metadata={
+                "error_rows": counts["error_rows"],
+                "error_share": report.error_share,
+                "bound": config.max_error_share,
+            },
         ),
     ]
 
@@ -103,14 +129,35 @@ def _checks(report: merge.MergeReport, counts: dict[str, int], config: MergeConf
     deps=[DESCRIPTOR_SHARDS, candidate_pool],
     group_name="descriptors",
     check_specs=[
-        AssetCheckSpec(CHECK_EVERY_QA, asset=DESCRIPTORS, blocking=True, description="Every accepted QA has a descriptor row."),
-        AssetCheckSpec(CHECK_FINITE, asset=DESCRIPTORS, blocking=True, description="No null, NaN or infinite value among the score inputs."),
-        AssetCheckSpec(CHECK_CLUSTERS, asset=DESCRIPTORS, description="k is min(configured clusters, rows) and every cluster id is below k."),
-        AssetCheckSpec(CHECK_ERRORS, asset=DESCRIPTORS, blocking=True, description="The share of failed model passes is within the configured bound."),
+        AssetCheckSpec(
+            CHECK_EVERY_QA,
+            asset=DESCRIPTORS,
+            blocking=True,
+            description="Every accepted QA has a descriptor row.",
+        ),
+        AssetCheckSpec(
+            CHECK_FINITE,
+            asset=DESCRIPTORS,
+            blocking=True,
+            description="No null, NaN or infinite value among the score inputs.",
+        ),
+        AssetCheckSpec(
+            CHECK_CLUSTERS,
+            asset=DESCRIPTORS,
+            description="k is min(configured clusters, rows) and every cluster id is below k.",
+        ),
+        AssetCheckSpec(
+            CHECK_ERRORS,
+            asset=DESCRIPTORS,
+            blocking=True,
+            description="The share of failed model passes is within the configured bound.",
+        ),
     ],
     description="Descriptor shards merged into DuckDB (qa, descriptors, rejects, merge_report) with robust z-stats, k-means coverage and rho(x).",
 )
-def descriptors(context: AssetExecutionContext, config: MergeConfig, gdo: GdoProject) -> MaterializeResult:
+def descriptors(
+    context: AssetExecutionContext, config: MergeConfig, gdo: GdoProject
+) -> MaterializeResult:
     """Merge every registered chunk's shard, QA rows and rejects into the project DuckDB file in one transaction."""
     keys = list(context.instance.get_dynamic_partitions(POOL_CHUNKS))
     shards = chunk_files(gdo, SHARDS_DIR, keys)
@@ -139,7 +186,9 @@ def descriptors(context: AssetExecutionContext, config: MergeConfig, gdo: GdoPro
             "z_stats": MetadataValue.md(_stats_table(report)),
             "z_stats_json": MetadataValue.json({k: v.as_dict() for k, v in report.stats.items()}),
             "timings_s": MetadataValue.json({k: round(v, 3) for k, v in report.timings_s.items()}),
-            "distributions": MetadataValue.md(f"![descriptor distributions by bucket](data:image/png;base64,{image})"),
+            "distributions": MetadataValue.md(
+                f"![descriptor distributions by bucket](data:image/png;base64,{image})"
+            ),
             "plot_path": MetadataValue.path(str(plot)),
             "path": MetadataValue.path(str(path)),
         },

@@ -58,7 +58,14 @@ DESCRIPTOR_TABLE_SCHEMA: dict[str, pl.DataType] = {**DESCRIPTOR_SCHEMA, **MERGED
 
 # Columns of the one-row `merge_report` table; `stats` holds one struct per robust signal.
 STAT_STRUCT = pl.Struct(
-    {"signal": pl.String(), "center": pl.Float64(), "scale": pl.Float64(), "q1": pl.Float64(), "q3": pl.Float64(), "n": pl.Int64()}
+    {
+        "signal": pl.String(),
+        "center": pl.Float64(),
+        "scale": pl.Float64(),
+        "q1": pl.Float64(),
+        "q3": pl.Float64(),
+        "n": pl.Int64(),
+    }
 )
 MERGE_REPORT_SCHEMA: dict[str, pl.DataType] = {
     "rows": pl.Int64(),
@@ -167,10 +174,14 @@ def _check_columns(paths: Sequence[Path], schema: Mapping[str, pl.DataType], wha
             raise MergeError(f"{path}: not a readable Parquet {what} file ({exc})") from None
         missing = [name for name in schema if name not in actual]
         if missing:
-            raise MergeError(f"{path}: {what} file lacks columns {missing} (expected the columns of gdo_core.schema)")
+            raise MergeError(
+                f"{path}: {what} file lacks columns {missing} (expected the columns of gdo_core.schema)"
+            )
         for name, dtype in schema.items():
             if not _castable(actual[name], dtype):
-                raise MergeError(f"{path}: {what} column {name!r} has type {actual[name]}, expected {dtype}")
+                raise MergeError(
+                    f"{path}: {what} column {name!r} has type {actual[name]}, expected {dtype}"
+                )
 
 
 def row_count(paths: Sequence[Path]) -> int:
@@ -179,14 +190,19 @@ def row_count(paths: Sequence[Path]) -> int:
 
 
 def iter_batches(
-    paths: Sequence[Path], columns: Sequence[str], batch_rows: int, schema: Mapping[str, pl.DataType] = DESCRIPTOR_SCHEMA
+    paths: Sequence[Path],
+    columns: Sequence[str],
+    batch_rows: int,
+    schema: Mapping[str, pl.DataType] = DESCRIPTOR_SCHEMA,
 ) -> Iterator[pl.DataFrame]:
     """Stream `columns` of the files in order as frames of exactly `batch_rows` rows (the last may be short)."""
     target = {name: schema[name] for name in columns}
     pending: list[pl.DataFrame] = []
     pending_rows = 0
     for path in paths:
-        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns)):
+        for record_batch in pq.ParquetFile(path).iter_batches(
+            batch_size=batch_rows, columns=list(columns)
+        ):
             frame = pl.from_arrow(record_batch)
             assert isinstance(frame, pl.DataFrame)
             try:
@@ -208,7 +224,9 @@ def _quartiles_sql(source: str) -> str:
     """One query giving q1, median, q3 and the count of valid values of every robust signal."""
     parts = []
     for signal in ROBUST_SIGNALS:
-        valid = f"isfinite({signal})" + (f" AND {signal} >= 0" if signal in score.NONNEGATIVE_ONLY_SIGNALS else "")
+        valid = f"isfinite({signal})" + (
+            f" AND {signal} >= 0" if signal in score.NONNEGATIVE_ONLY_SIGNALS else ""
+        )
         parts.append(f"quantile_cont({signal}, [0.25, 0.5, 0.75]) FILTER (WHERE {valid})")
         parts.append(f"count({signal}) FILTER (WHERE {valid})")
     return f"SELECT {', '.join(parts)} FROM {source}"
@@ -242,7 +260,9 @@ def compute_robust_stats(
             return _stats_from_row(con.execute(_quartiles_sql(source)).fetchall()[0]), False, total
         # Sample by row position (files sorted, rows in file order), so the sample is the same
         # in every process whatever the thread count.
-        positions = np.sort(np.random.default_rng(seed).choice(total, size=sample_rows, replace=False))
+        positions = np.sort(
+            np.random.default_rng(seed).choice(total, size=sample_rows, replace=False)
+        )
         picked: list[pl.DataFrame] = []
         offset = 0
         for batch in iter_batches(shard_paths, ROBUST_SIGNALS, READ_BATCH_ROWS):
@@ -252,20 +272,46 @@ def compute_robust_stats(
             offset += batch.height
         sample = pl.concat(picked).to_arrow()
         con.register("stats_sample", sample)
-        return _stats_from_row(con.execute(_quartiles_sql("stats_sample")).fetchall()[0]), True, sample_rows
+        return (
+            _stats_from_row(con.execute(_quartiles_sql("stats_sample")).fetchall()[0]),
+            True,
+            sample_rows,
+        )
     finally:
         con.close()
 
 
 def feature_matrix(frame: pl.DataFrame, stats: Mapping[str, score.RobustStat]) -> np.ndarray:
     """The 27-d k-means features: text_feature(16) + vision_feature(6) + [TNC, AMM, frame_div, PPL, VDS]."""
-    text = np.nan_to_num(frame["text_feature"].to_numpy().astype(np.float64, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
-    vision = np.nan_to_num(frame["vision_feature"].to_numpy().astype(np.float64, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
-    signals = frame.select(
-        score.tnc_filled().alias("tnc_score"),
-        *(score.filled_signal(name, stats[name]).alias(name) for name in FEATURE_SIGNALS[1:]),
-    ).to_numpy().astype(np.float64, copy=False)
-    return np.ascontiguousarray(np.hstack([text.reshape(len(frame), TEXT_FEATURE_DIM), vision.reshape(len(frame), VISION_FEATURE_DIM), signals]))
+    text = np.nan_to_num(
+        frame["text_feature"].to_numpy().astype(np.float64, copy=False),
+        nan=0.0,
+        posinf=0.0,
+        neginf=0.0,
+    )
+    vision = np.nan_to_num(
+        frame["vision_feature"].to_numpy().astype(np.float64, copy=False),
+        nan=0.0,
+        posinf=0.0,
+        neginf=0.0,
+    )
+    signals = (
+        frame.select(
+            score.tnc_filled().alias("tnc_score"),
+            *(score.filled_signal(name, stats[name]).alias(name) for name in FEATURE_SIGNALS[1:]),
+        )
+        .to_numpy()
+        .astype(np.float64, copy=False)
+    )
+    return np.ascontiguousarray(
+        np.hstack(
+            [
+                text.reshape(len(frame), TEXT_FEATURE_DIM),
+                vision.reshape(len(frame), VISION_FEATURE_DIM),
+                signals,
+            ]
+        )
+    )
 
 
 FEATURE_INPUT_COLUMNS: tuple[str, ...] = ("text_feature", "vision_feature", *FEATURE_SIGNALS)
@@ -295,7 +341,11 @@ def fit_kmeans(
     batch_rows = max(batch_size, clusters)
     passes, _ = kmeans_schedule(rows, batch_rows)
     model = MiniBatchKMeans(
-        n_clusters=clusters, batch_size=batch_rows, random_state=seed, n_init=1, compute_labels=False
+        n_clusters=clusters,
+        batch_size=batch_rows,
+        random_state=seed,
+        n_init=1,
+        compute_labels=False,
     )
     steps = 0
     with warnings.catch_warnings():
@@ -339,20 +389,31 @@ DESCRIPTOR_TABLE_ARROW_SCHEMA = pl.DataFrame(schema=DESCRIPTOR_TABLE_SCHEMA).to_
 
 
 def scored_stream(
-    shard_paths: Sequence[Path], model: MiniBatchKMeans | None, stats: Mapping[str, score.RobustStat]
+    shard_paths: Sequence[Path],
+    model: MiniBatchKMeans | None,
+    stats: Mapping[str, score.RobustStat],
 ) -> pa.RecordBatchReader:
     """The scored descriptor rows of every shard as a lazy Arrow stream (one batch in memory at a time)."""
 
     def batches() -> Iterator[pa.RecordBatch]:
         for batch in iter_batches(shard_paths, list(DESCRIPTOR_SCHEMA), READ_BATCH_ROWS):
-            yield from score_batch(batch, model, stats).to_arrow().cast(DESCRIPTOR_TABLE_ARROW_SCHEMA).to_batches()
+            yield from (
+                score_batch(batch, model, stats)
+                .to_arrow()
+                .cast(DESCRIPTOR_TABLE_ARROW_SCHEMA)
+                .to_batches()
+            )
 
     return pa.RecordBatchReader.from_batches(DESCRIPTOR_TABLE_ARROW_SCHEMA, batches())
 
 
-def _duplicate_uid_error(con: duckdb.DuckDBPyConnection, table: str, paths: Sequence[Path]) -> MergeError | None:
+def _duplicate_uid_error(
+    con: duckdb.DuckDBPyConnection, table: str, paths: Sequence[Path]
+) -> MergeError | None:
     """An error naming a duplicated qa_uid and the files that hold it, or None."""
-    dup = con.execute(f"SELECT qa_uid FROM {table} GROUP BY qa_uid HAVING count(*) > 1 ORDER BY qa_uid LIMIT 1").fetchall()
+    dup = con.execute(
+        f"SELECT qa_uid FROM {table} GROUP BY qa_uid HAVING count(*) > 1 ORDER BY qa_uid LIMIT 1"
+    ).fetchall()
     if not dup:
         return None
     uid = dup[0][0]
@@ -360,15 +421,24 @@ def _duplicate_uid_error(con: duckdb.DuckDBPyConnection, table: str, paths: Sequ
         f"SELECT DISTINCT filename FROM read_parquet({sql_list(paths)}, filename = true) WHERE qa_uid = ? ORDER BY 1",
         [uid],
     ).fetchall()
-    return MergeError(f"qa_uid {uid!r} occurs more than once in the {table} inputs: {', '.join(f[0] for f in files)}")
+    return MergeError(
+        f"qa_uid {uid!r} occurs more than once in the {table} inputs: {', '.join(f[0] for f in files)}"
+    )
 
 
-def _insert_parquet(con: duckdb.DuckDBPyConnection, table: str, schema: Mapping[str, pl.DataType], paths: Sequence[Path]) -> None:
+def _insert_parquet(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    schema: Mapping[str, pl.DataType],
+    paths: Sequence[Path],
+) -> None:
     """Append Parquet files to a table, column by column in schema order (file order kept)."""
     if not paths:
         return
     columns = ", ".join(f'"{name}"' for name in schema)
-    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet({sql_list(paths)}, union_by_name = true)")
+    con.execute(
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet({sql_list(paths)}, union_by_name = true)"
+    )
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
@@ -413,7 +483,7 @@ def merge_to_duckdb(
 
     requested = clusters if clusters is not None else DEFAULT_MAX_CLUSTERS
     k = min(requested, rows)
-    model, passes, steps = (fit_kmeans(shards, stats, k, seed=seed) if k else (None, 0, 0))
+    model, passes, steps = fit_kmeans(shards, stats, k, seed=seed) if k else (None, 0, 0)
     timings["kmeans_fit"] = time.perf_counter() - started - sum(timings.values())
 
     target = Path(db_path)
@@ -446,9 +516,15 @@ def merge_to_duckdb(
                 raise error
         qa_rows = _count(con, f"SELECT count(*) FROM {TABLE_QA}")
         reject_rows = _count(con, f"SELECT count(*) FROM {TABLE_REJECTS}")
-        error_rows = _count(con, f"SELECT count(*) FROM {TABLE_DESCRIPTORS} WHERE error IS NOT NULL")
-        qa_without = _count(con, f"SELECT count(*) FROM {TABLE_QA} q ANTI JOIN {TABLE_DESCRIPTORS} d USING (qa_uid)")
-        desc_without = _count(con, f"SELECT count(*) FROM {TABLE_DESCRIPTORS} d ANTI JOIN {TABLE_QA} q USING (qa_uid)")
+        error_rows = _count(
+            con, f"SELECT count(*) FROM {TABLE_DESCRIPTORS} WHERE error IS NOT NULL"
+        )
+        qa_without = _count(
+            con, f"SELECT count(*) FROM {TABLE_QA} q ANTI JOIN {TABLE_DESCRIPTORS} d USING (qa_uid)"
+        )
+        desc_without = _count(
+            con, f"SELECT count(*) FROM {TABLE_DESCRIPTORS} d ANTI JOIN {TABLE_QA} q USING (qa_uid)"
+        )
         report = MergeReport(
             db_path=target,
             rows=rows,
@@ -513,7 +589,14 @@ def _report_frame(report: MergeReport) -> pl.DataFrame:
 
 # Columns that enter rho(x) or are derived for it: none may be null, NaN or infinite.
 SCORE_COLUMNS: tuple[str, ...] = (
-    "sc_filled", "vds3", "ppl_mid", "amm_mid", "cluster_dist", "cluster_rep", "cluster_hard", "quality"
+    "sc_filled",
+    "vds3",
+    "ppl_mid",
+    "amm_mid",
+    "cluster_dist",
+    "cluster_rep",
+    "cluster_hard",
+    "quality",
 )
 
 
@@ -539,7 +622,15 @@ def check_counts(db_path: str | os.PathLike) -> dict[str, int]:
 
 
 # Descriptors drawn in the distribution plot (PPL on a log axis), from a sample of the pool.
-PLOT_SIGNALS: tuple[str, ...] = ("vds", "ppl", "amm", "frame_diversity", "sc_filled", "tnc_score", "quality")
+PLOT_SIGNALS: tuple[str, ...] = (
+    "vds",
+    "ppl",
+    "amm",
+    "frame_diversity",
+    "sc_filled",
+    "tnc_score",
+    "quality",
+)
 PLOT_SAMPLE_ROWS = 200_000
 PLOT_BINS = 40
 
@@ -564,14 +655,16 @@ def plot_descriptor_distributions(db_path: str | os.PathLike, out_path: str | os
     axes = figure.subplots(2, math.ceil(len(PLOT_SIGNALS) / 2)).ravel()
     for ax, signal in zip(axes, PLOT_SIGNALS):
         for bucket in sorted(frame["bucket"].unique().to_list()):
-            values = frame.filter(pl.col("bucket") == bucket)[signal].drop_nulls().drop_nans().to_numpy()
+            values = (
+                frame.filter(pl.col("bucket") == bucket)[signal].drop_nulls().drop_nans().to_numpy()
+            )
             if signal == "ppl":
                 values = np.log10(values[values > 0])
             if values.size:
                 ax.hist(values, bins=PLOT_BINS, alpha=0.55, label=bucket, density=True)
         ax.set_title("log10 ppl" if signal == "ppl" else signal)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(PLOT_SIGNALS):]:
+    for ax in axes[len(PLOT_SIGNALS) :]:
         ax.set_axis_off()
     axes[0].legend(fontsize=7)
     figure.suptitle(f"descriptor distributions by bucket ({frame.height} QAs)")
@@ -590,4 +683,7 @@ def read_stats(db_path: str | os.PathLike) -> dict[str, score.RobustStat]:
         (stats,) = con.execute(f"SELECT stats FROM {TABLE_MERGE_REPORT}").fetchall()[0]
     finally:
         con.close()
-    return {s["signal"]: score.RobustStat(s["center"], s["scale"], s["q1"], s["q3"], s["n"]) for s in stats}
+    return {
+        s["signal"]: score.RobustStat(s["center"], s["scale"], s["q1"], s["q3"], s["n"])
+        for s in stats
+    }

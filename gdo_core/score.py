@@ -66,12 +66,16 @@ class RobustStat:
         return asdict(self)
 
 
-def robust_stat_from_quartiles(q1: float | None, median: float | None, q3: float | None, n: int) -> RobustStat:
+def robust_stat_from_quartiles(
+    q1: float | None, median: float | None, q3: float | None, n: int
+) -> RobustStat:
     """The stat from quartiles; a signal with no values gets centre 0 and scale 1."""
     if n == 0 or median is None or q1 is None or q3 is None:
         return RobustStat(center=0.0, scale=1.0, q1=0.0, q3=0.0, n=0)
     iqr = max(float(q3) - float(q1), IQR_FLOOR)
-    return RobustStat(center=float(median), scale=iqr / IQR_PER_SIGMA, q1=float(q1), q3=float(q3), n=int(n))
+    return RobustStat(
+        center=float(median), scale=iqr / IQR_PER_SIGMA, q1=float(q1), q3=float(q3), n=int(n)
+    )
 
 
 def valid_values_expr(signal: str) -> pl.Expr:
@@ -85,14 +89,18 @@ def valid_values_expr(signal: str) -> pl.Expr:
 def robust_stat(values: np.ndarray | pl.Series, signal: str = "") -> RobustStat:
     """Median and IQR/1.349 of the valid values (linear-interpolated quartiles, as DuckDB quantile_cont)."""
     series = pl.Series("v", values, dtype=pl.Float64)
-    kept = pl.DataFrame({signal or "v": series}).filter(valid_values_expr(signal or "v")).to_series()
+    kept = (
+        pl.DataFrame({signal or "v": series}).filter(valid_values_expr(signal or "v")).to_series()
+    )
     if kept.len() == 0:
         return robust_stat_from_quartiles(None, None, None, 0)
     q1, median, q3 = np.quantile(kept.to_numpy(), [0.25, 0.5, 0.75])
     return robust_stat_from_quartiles(q1, median, q3, kept.len())
 
 
-def robust_stats(frame: pl.DataFrame, signals: tuple[str, ...] = ROBUST_SIGNALS) -> dict[str, RobustStat]:
+def robust_stats(
+    frame: pl.DataFrame, signals: tuple[str, ...] = ROBUST_SIGNALS
+) -> dict[str, RobustStat]:
     """Robust stats of every signal over an in-memory frame."""
     return {signal: robust_stat(frame[signal], signal) for signal in signals}
 

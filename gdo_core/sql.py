@@ -80,7 +80,9 @@ def duckdb_type(dtype: pl.DataType) -> str:
 
 def create_table_sql(table: str, schema: Mapping[str, pl.DataType]) -> str:
     """CREATE TABLE with the columns of a gdo schema."""
-    columns = ", ".join(f"{sql_identifier(name)} {duckdb_type(dtype)}" for name, dtype in schema.items())
+    columns = ", ".join(
+        f"{sql_identifier(name)} {duckdb_type(dtype)}" for name, dtype in schema.items()
+    )
     return f"CREATE TABLE {sql_identifier(table)} ({columns})"
 
 
@@ -92,7 +94,7 @@ def _expand(paths: Sequence[str | os.PathLike] | str) -> list[str]:
         text = str(pattern)
         if any(ch in text for ch in "*?["):
             root = Path(text).anchor or "."
-            relative = text[len(root):] if Path(text).is_absolute() else text
+            relative = text[len(root) :] if Path(text).is_absolute() else text
             found.update(str(p) for p in Path(root).glob(relative) if p.is_file())
         elif Path(text).is_file():
             found.add(text)
@@ -113,10 +115,14 @@ def parquet_view_sql(
     if files:
         body = f"SELECT * FROM read_parquet({sql_list(files)}, union_by_name = true)"
     elif schema is not None:
-        columns = ", ".join(f"CAST(NULL AS {duckdb_type(t)}) AS {sql_identifier(c)}" for c, t in schema.items())
+        columns = ", ".join(
+            f"CAST(NULL AS {duckdb_type(t)}) AS {sql_identifier(c)}" for c, t in schema.items()
+        )
         body = f"SELECT {columns} WHERE false"
     else:
-        raise SqlError(f"view {name}: no Parquet files match {paths} and no schema is declared for an empty view")
+        raise SqlError(
+            f"view {name}: no Parquet files match {paths} and no schema is declared for an empty view"
+        )
     return f"CREATE OR REPLACE {kind} {sql_identifier(name)} AS {body}"
 
 
@@ -133,7 +139,9 @@ def create_parquet_views(
 
 def _first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception message."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return next(
+        (line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__
+    )
 
 
 def _cell(value: object) -> str:
@@ -175,10 +183,14 @@ def format_frame(frame: pl.DataFrame, fmt: str = "table") -> str:
         raise SqlError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     numeric = [dtype.is_numeric() for dtype in frame.dtypes]
     cells = [[_cell(v) for v in row] for row in frame.iter_rows()]
-    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(frame.columns)]
+    widths = [
+        max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(frame.columns)
+    ]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+        ).rstrip()
 
     rows = [line(frame.columns), "  ".join("-" * w for w in widths)] + [line(row) for row in cells]
     rows.append(f"({frame.height} row{'s' if frame.height != 1 else ''})")
@@ -194,7 +206,9 @@ def query_frame(
     """Run a query on a read-only connection and return the result as polars."""
     path = Path(db_path)
     if not path.is_file():
-        raise SqlError(f"{path}: database not found (run `gdo merge` or materialize the descriptors asset first)")
+        raise SqlError(
+            f"{path}: database not found (run `gdo merge` or materialize the descriptors asset first)"
+        )
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:

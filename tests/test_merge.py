@@ -46,7 +46,9 @@ def descriptor_rows(start: int, n: int, seed: int) -> pl.DataFrame:
             "question_len": rng.integers(3, 40, n).astype(np.int32),
             "answer_len": rng.integers(1, 30, n).astype(np.int32),
             "frames_unreadable": np.zeros(n, np.int32),
-            "error": pl.Series([("model pass failed: CUDA OOM" if f else None) for f in failed], dtype=pl.String),
+            "error": pl.Series(
+                [("model pass failed: CUDA OOM" if f else None) for f in failed], dtype=pl.String
+            ),
             "cache_key": [f"key{start + i}" for i in range(n)],
         }
     )
@@ -58,7 +60,9 @@ def qa_rows(uids: list[str]) -> pl.DataFrame:
     """QA rows for the given uids, stratum fields filled from the uid."""
     n = len(uids)
     video = [u.startswith("vv::") for u in uids]
-    temporal = ["Temporal" if v and i % 2 else ("Mixed" if v else "Static") for i, v in enumerate(video)]
+    temporal = [
+        "Temporal" if v and i % 2 else ("Mixed" if v else "Static") for i, v in enumerate(video)
+    ]
     group = [f"group_{i % 4}" for i in range(n)]
     bucket = ["short_video" if v else "image_qa" for v in video]
     duration = ["very_short" if v else "image" for v in video]
@@ -80,7 +84,9 @@ def qa_rows(uids: list[str]) -> pl.DataFrame:
             "turn": [0] * n,
             "question": [f"What happens in clip {i}?" for i in range(n)],
             "answer": [f"Answer {i}" for i in range(n)],
-            "frames": [[f"f{i}_{j}.jpg" for j in range(8 if v else 1)] for i, v in enumerate(video)],
+            "frames": [
+                [f"f{i}_{j}.jpg" for j in range(8 if v else 1)] for i, v in enumerate(video)
+            ],
             "n_frames": [8 if v else 1 for v in video],
             "data_source": [f"{g}_src (v1)" for g in group],
             **fields,
@@ -94,7 +100,9 @@ def qa_rows(uids: list[str]) -> pl.DataFrame:
     return frame.cast(QA_SCHEMA)  # type: ignore[arg-type]
 
 
-def write_pool(root: Path, shards: int = SHARDS, shard_rows: int = SHARD_ROWS, seed: int = 0) -> dict[str, list[Path]]:
+def write_pool(
+    root: Path, shards: int = SHARDS, shard_rows: int = SHARD_ROWS, seed: int = 0
+) -> dict[str, list[Path]]:
     """Write descriptor shards, qa files (all but the last 5 QAs of each shard) and a rejects file."""
     (root / "descriptors").mkdir(parents=True, exist_ok=True)
     (root / "qa").mkdir(parents=True, exist_ok=True)
@@ -108,8 +116,13 @@ def write_pool(root: Path, shards: int = SHARDS, shard_rows: int = SHARD_ROWS, s
         out["shards"].append(shard)
         out["qa"].append(qa)
     rejects = pl.DataFrame(
-        {"source_file": ["pool.jsonl"] * 2, "line": [7, 9], "qa_uid": [None, "ov::x::t1"], "reason": ["bad_json", "empty_text"],
-         "detail": ["Expecting value", "empty answer"]},
+        {
+            "source_file": ["pool.jsonl"] * 2,
+            "line": [7, 9],
+            "qa_uid": [None, "ov::x::t1"],
+            "reason": ["bad_json", "empty_text"],
+            "detail": ["Expecting value", "empty answer"],
+        },
         schema=REJECT_SCHEMA,
     )
     rejects.write_parquet(root / "rejects.parquet")
@@ -135,7 +148,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
 
 
 @pytest.fixture(scope="module")
-def merged(pool: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, merge.MergeReport]:
+def merged(
+    pool: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, merge.MergeReport]:
     db = tmp_path_factory.mktemp("db") / "gdo.duckdb"
     return db, merge_pool(pool, db, clusters=CLUSTERS)
 
@@ -163,7 +178,9 @@ def test_merge_writes_the_four_tables(merged: tuple[Path, merge.MergeReport]) ->
     assert report.error_share == pytest.approx(report.error_rows / rows)
 
 
-def test_stats_are_exact_quartiles_of_the_pool(merged: tuple[Path, merge.MergeReport], pool: dict) -> None:
+def test_stats_are_exact_quartiles_of_the_pool(
+    merged: tuple[Path, merge.MergeReport], pool: dict
+) -> None:
     db, report = merged
     expected = score.robust_stats(all_descriptors(pool))
     assert not report.stats_sampled and report.stats_rows == SHARD_ROWS * SHARDS
@@ -179,12 +196,27 @@ def test_stored_scores_follow_the_formulas(merged: tuple[Path, merge.MergeReport
     db, report = merged
     stored = table(db, "descriptors")
     assert stored["cluster_id"].min() >= 0 and stored["cluster_id"].max() < CLUSTERS
-    assert stored["cluster_rep"].to_numpy() == pytest.approx(np.exp(-stored["cluster_dist"].to_numpy()))
+    assert stored["cluster_rep"].to_numpy() == pytest.approx(
+        np.exp(-stored["cluster_dist"].to_numpy())
+    )
     assert stored["cluster_hard"].to_numpy() == pytest.approx(1 - stored["cluster_rep"].to_numpy())
-    recomputed = score.add_scores(stored.drop("sc_filled", "vds3", "ppl_mid", "amm_mid", "quality"), report.stats)
+    recomputed = score.add_scores(
+        stored.drop("sc_filled", "vds3", "ppl_mid", "amm_mid", "quality"), report.stats
+    )
     for column in ("sc_filled", "vds3", "ppl_mid", "amm_mid", "quality"):
-        assert stored[column].to_numpy() == pytest.approx(recomputed[column].to_numpy(), rel=1e-12), column
-    inputs = stored.select("sc_filled", "vds3", "ppl_mid", "amm_mid", "tnc_score", "cluster_rep", "cluster_hard", "quality")
+        assert stored[column].to_numpy() == pytest.approx(
+            recomputed[column].to_numpy(), rel=1e-12
+        ), column
+    inputs = stored.select(
+        "sc_filled",
+        "vds3",
+        "ppl_mid",
+        "amm_mid",
+        "tnc_score",
+        "cluster_rep",
+        "cluster_hard",
+        "quality",
+    )
     assert all(inputs[c].is_finite().all() for c in inputs.columns)
     # SC is kept where computed and replaced only where missing.
     present = stored.filter(pl.col("sc") >= 0)
@@ -193,14 +225,20 @@ def test_stored_scores_follow_the_formulas(merged: tuple[Path, merge.MergeReport
 
 def test_features_put_missing_signals_at_the_centre() -> None:
     rows = descriptor_rows(0, 4, seed=1).with_columns(
-        vds=pl.Series([None, 0.5, 0.1, 0.2]), tnc_score=pl.Series([None, 1.0, 0.0, 0.5]),
-        text_feature=pl.Series([None, [1.0] * 16, [0.0] * 16, [0.5] * 16], dtype=pl.Array(pl.Float32, 16)),
+        vds=pl.Series([None, 0.5, 0.1, 0.2]),
+        tnc_score=pl.Series([None, 1.0, 0.0, 0.5]),
+        text_feature=pl.Series(
+            [None, [1.0] * 16, [0.0] * 16, [0.5] * 16], dtype=pl.Array(pl.Float32, 16)
+        ),
     )
     stats = score.robust_stats(rows)
     features = merge.feature_matrix(rows, stats)
     assert features.shape == (4, merge.FEATURE_DIM) == (4, 27)
     assert features[0, :16].tolist() == [0.0] * 16
-    tnc, vds = merge.FEATURE_INPUT_COLUMNS.index("tnc_score") + 20, merge.FEATURE_INPUT_COLUMNS.index("vds") + 20
+    tnc, vds = (
+        merge.FEATURE_INPUT_COLUMNS.index("tnc_score") + 20,
+        merge.FEATURE_INPUT_COLUMNS.index("vds") + 20,
+    )
     assert features[0, tnc] == score.TNC_MISSING
     assert features[0, vds] == pytest.approx(stats["vds"].center)
     assert features[1, vds] == pytest.approx(0.5)
@@ -214,7 +252,9 @@ def test_batched_prediction_matches_one_row_at_a_time(pool: dict) -> None:
     assert steps >= merge.KMEANS_MIN_STEPS or passes == merge.KMEANS_MAX_PASSES
     features = merge.feature_matrix(frame, stats)
     labels, dist = merge.assign_clusters(model, features)
-    one_by_one = np.array([model.predict(features[i : i + 1])[0] for i in range(0, len(features), 37)])
+    one_by_one = np.array(
+        [model.predict(features[i : i + 1])[0] for i in range(0, len(features), 37)]
+    )
     assert labels[::37].tolist() == one_by_one.tolist()
     assert dist == pytest.approx(model.transform(features).min(axis=1))
 
@@ -236,13 +276,20 @@ def test_iter_batches_rebatches_across_files(pool: dict) -> None:
     assert uids.to_list() == all_descriptors(pool)["qa_uid"].to_list()
 
 
-def test_rerun_gives_identical_tables(pool: dict, merged: tuple[Path, merge.MergeReport], tmp_path: Path) -> None:
+def test_rerun_gives_identical_tables(
+    pool: dict, merged: tuple[Path, merge.MergeReport], tmp_path: Path
+) -> None:
     db, _ = merged
     # Inputs in another order: the merge sorts them, so nothing changes.
     reversed_pool = {key: list(reversed(paths)) for key, paths in pool.items()}
     again = tmp_path / "again.duckdb"
     merge_pool(reversed_pool, again, clusters=CLUSTERS)
-    for name, order in (("qa", "qa_uid"), ("descriptors", "qa_uid"), ("rejects", "line"), ("merge_report", "rows")):
+    for name, order in (
+        ("qa", "qa_uid"),
+        ("descriptors", "qa_uid"),
+        ("rejects", "line"),
+        ("merge_report", "rows"),
+    ):
         assert table(db, name, order).equals(table(again, name, order)), name
         # Row order inside the table is the same too, not only the content.
         assert table(db, name, "rowid").equals(table(again, name, "rowid")), name
@@ -271,11 +318,18 @@ def test_bad_inputs_fail_with_the_file_named(pool: dict, tmp_path: Path) -> None
         merge.merge_to_duckdb([broken], [], [], tmp_path / "x.duckdb")
     wrong_type = tmp_path / "wrong_type.parquet"
     descriptor_rows(0, 3, seed=0).with_columns(vds=pl.lit("high")).write_parquet(wrong_type)
-    with pytest.raises(merge.MergeError, match=r"wrong_type\.parquet: descriptor shard column 'vds' has type String"):
+    with pytest.raises(
+        merge.MergeError,
+        match=r"wrong_type\.parquet: descriptor shard column 'vds' has type String",
+    ):
         merge.merge_to_duckdb([wrong_type], [], [], tmp_path / "x.duckdb")
     narrow = tmp_path / "narrow.parquet"
-    descriptor_rows(0, 3, seed=0).with_columns(text_feature=pl.Series([[1.0] * 15] * 3)).write_parquet(narrow)
-    with pytest.raises(merge.MergeError, match=r"narrow\.parquet: values do not fit gdo_core.schema \(.*width 16"):
+    descriptor_rows(0, 3, seed=0).with_columns(
+        text_feature=pl.Series([[1.0] * 15] * 3)
+    ).write_parquet(narrow)
+    with pytest.raises(
+        merge.MergeError, match=r"narrow\.parquet: values do not fit gdo_core.schema \(.*width 16"
+    ):
         merge.merge_to_duckdb([narrow], [], [], tmp_path / "x.duckdb")
     not_parquet = tmp_path / "text.parquet"
     not_parquet.write_text("hello")
@@ -291,7 +345,9 @@ def test_failed_merge_keeps_the_previous_database(pool: dict, tmp_path: Path) ->
     before = table(db, "descriptors")
     copy = tmp_path / "copy.parquet"
     pl.read_parquet(pool["shards"][0]).head(3).write_parquet(copy)
-    with pytest.raises(merge.MergeError, match=r"occurs more than once.*chunk-000\.parquet.*copy\.parquet"):
+    with pytest.raises(
+        merge.MergeError, match=r"occurs more than once.*chunk-000\.parquet.*copy\.parquet"
+    ):
         merge.merge_to_duckdb([*pool["shards"], copy], pool["qa"], pool["rejects"], db, clusters=4)
     assert table(db, "descriptors").equals(before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.parquet", "gdo.duckdb"]
@@ -301,14 +357,30 @@ def test_views_are_created_by_the_writer(pool: dict, tmp_path: Path) -> None:
     members = tmp_path / "subsets" / "minloss" / "members.parquet"
     members.parent.mkdir(parents=True)
     pl.DataFrame(
-        {"profile": ["minloss"] * 2, "arm": ["gdo", "uni10x"], "qa_uid": ["vv::row1::t0", "ov::row0::t0"],
-         "rank": [0, 0], "stage": ["quota", "uni"], "score": [0.5, 0.1]}
+        {
+            "profile": ["minloss"] * 2,
+            "arm": ["gdo", "uni10x"],
+            "qa_uid": ["vv::row1::t0", "ov::row0::t0"],
+            "rank": [0, 0],
+            "stage": ["quota", "uni"],
+            "score": [0.5, 0.1],
+        }
     ).write_parquet(members)
     db = tmp_path / "gdo.duckdb"
-    merge_pool(pool, db, clusters=4, views={"subset_members": str(tmp_path / "subsets" / "*" / "members.parquet")})
-    assert table(db, "subset_members", "arm")["qa_uid"].to_list() == ["vv::row1::t0", "ov::row0::t0"]
+    merge_pool(
+        pool,
+        db,
+        clusters=4,
+        views={"subset_members": str(tmp_path / "subsets" / "*" / "members.parquet")},
+    )
+    assert table(db, "subset_members", "arm")["qa_uid"].to_list() == [
+        "vv::row1::t0",
+        "ov::row0::t0",
+    ]
     empty = tmp_path / "empty.duckdb"
-    merge_pool(pool, empty, clusters=4, views={"subset_members": str(tmp_path / "none" / "*.parquet")})
+    merge_pool(
+        pool, empty, clusters=4, views={"subset_members": str(tmp_path / "none" / "*.parquet")}
+    )
     assert table(empty, "subset_members", "rank").height == 0
 
 
@@ -335,7 +407,9 @@ print(json.dumps({"seen": seen, "errors": errors}), flush=True)
 """
 
 
-def test_concurrent_read_only_reader_never_fails_or_sees_half_a_merge(pool: dict, tmp_path: Path) -> None:
+def test_concurrent_read_only_reader_never_fails_or_sees_half_a_merge(
+    pool: dict, tmp_path: Path
+) -> None:
     db = tmp_path / "gdo.duckdb"
     stop = tmp_path / "stop"
     smaller = {**pool, "shards": pool["shards"][:2]}
@@ -377,10 +451,15 @@ def test_quality_does_not_depend_on_the_shard_split(tmp_path: Path) -> None:
         parts.append(part)
     a = merge.compute_robust_stats([one])[0]
     b = merge.compute_robust_stats(parts)[0]
-    assert all(math.isclose(a[s].center, b[s].center) and math.isclose(a[s].scale, b[s].scale) for s in ROBUST_SIGNALS)
+    assert all(
+        math.isclose(a[s].center, b[s].center) and math.isclose(a[s].scale, b[s].scale)
+        for s in ROBUST_SIGNALS
+    )
 
 
-def test_check_counts_and_distribution_plot(merged: tuple[Path, merge.MergeReport], tmp_path: Path) -> None:
+def test_check_counts_and_distribution_plot(
+    merged: tuple[Path, merge.MergeReport], tmp_path: Path
+) -> None:
     db, report = merged
     counts = merge.check_counts(db)
     assert counts["rows"] == report.rows and counts["qa_rows"] == report.qa_rows

@@ -38,25 +38,34 @@ def write_shards(project: GdoProject, keys: list[str], skip: tuple[str, ...] = (
         if key in skip or qa.height == 0:
             continue
         shard.parent.mkdir(parents=True, exist_ok=True)
-        frame = descriptor_rows(0, qa.height, seed=i).with_columns(qa_uid=qa["qa_uid"], cache_key=qa["qa_uid"])
+        frame = descriptor_rows(0, qa.height, seed=i).with_columns(
+            qa_uid=qa["qa_uid"], cache_key=qa["qa_uid"]
+        )
         frame.write_parquet(shard)
         rows += frame.height
     return rows
 
 
 @pytest.fixture(scope="module")
-def demo_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[GdoProject, DagsterInstance, list[str]]:
+def demo_project(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[GdoProject, DagsterInstance, list[str]]:
     """The demo pool ingested through candidate_pool, one run per chunk partition."""
     root = tmp_path_factory.mktemp("demo")
     pool = make_demo_pool(root / "pool", seed=0, n_image_rows=60, n_videos=8)
     project = GdoProject(
-        data_dir=str(root / "data"), onevision=[str(pool.onevision)], video=[str(pool.video)], chunk_lines=CHUNK_LINES
+        data_dir=str(root / "data"),
+        onevision=[str(pool.onevision)],
+        video=[str(pool.video)],
+        chunk_lines=CHUNK_LINES,
     )
     instance = DagsterInstance.ephemeral()
     register_chunks(instance, pool.onevision, pool.video, CHUNK_LINES)
     keys = sorted(instance.get_dynamic_partitions("pool_chunks"))
     for key in keys:
-        assert materialize([candidate_pool], partition_key=key, instance=instance, resources={"gdo": project}).success
+        assert materialize(
+            [candidate_pool], partition_key=key, instance=instance, resources={"gdo": project}
+        ).success
     return project, instance, keys
 
 
@@ -87,12 +96,16 @@ def test_demo_pool_merge_passes_every_check(demo_project) -> None:
     assert metadata["rows"].value == rows == metadata["qa_rows"].value
     assert metadata["clusters"].value == 8
     assert set(metadata["z_stats_json"].value) == {"vds", "ppl", "amm", "frame_diversity", "sc"}
-    assert metadata["distributions"].value.startswith("![descriptor distributions by bucket](data:image/png;base64,")
+    assert metadata["distributions"].value.startswith(
+        "![descriptor distributions by bucket](data:image/png;base64,"
+    )
     db = merge_assets.db_path(project)
     con = duckdb.connect(str(db), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM descriptors").fetchall()[0][0] == rows
-        assert con.execute("SELECT count(*) FROM rejects").fetchall()[0][0] > 0  # the demo pool's broken lines
+        assert (
+            con.execute("SELECT count(*) FROM rejects").fetchall()[0][0] > 0
+        )  # the demo pool's broken lines
     finally:
         con.close()
 
@@ -106,7 +119,9 @@ def test_blocking_checks_fail_a_bad_merge(demo_project) -> None:
     assert checks[merge_assets.CHECK_EVERY_QA] == (False, AssetCheckSeverity.ERROR)
     assert checks[merge_assets.CHECK_ERRORS] == (False, AssetCheckSeverity.ERROR)
     assert checks[merge_assets.CHECK_FINITE][0] and checks[merge_assets.CHECK_CLUSTERS][0]
-    assert merge_assets.descriptors.check_specs_by_output_name  # the specs are declared on the asset
+    assert (
+        merge_assets.descriptors.check_specs_by_output_name
+    )  # the specs are declared on the asset
     specs = {spec.name: spec.blocking for spec in merge_assets.descriptors.check_specs}
     assert specs == {
         merge_assets.CHECK_EVERY_QA: True,
@@ -123,7 +138,9 @@ def test_reader_during_the_asset_run_never_fails(demo_project, tmp_path: Path) -
     assert run_merge(project, instance, clusters=4).success
     stop = tmp_path / "stop"
     db = merge_assets.db_path(project)
-    reader = subprocess.Popen([sys.executable, "-c", READER_SCRIPT, str(db), str(stop)], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER_SCRIPT, str(db), str(stop)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
         assert run_merge(project, instance, clusters=6).success

@@ -60,7 +60,9 @@ def test_robust_stat_median_and_iqr_over_1349() -> None:
     assert stat.scale == pytest.approx(2.5 / 1.349)
     assert stat.n == 6
     z = pl.DataFrame({"vds": [100.0, 3.5, 1.0]}).select(score.robust_z("vds", stat)).to_series()
-    assert z.to_list() == pytest.approx([(100 - 3.5) / (2.5 / 1.349), 0.0, (1 - 3.5) / (2.5 / 1.349)])
+    assert z.to_list() == pytest.approx(
+        [(100 - 3.5) / (2.5 / 1.349), 0.0, (1 - 3.5) / (2.5 / 1.349)]
+    )
 
 
 def test_robust_stat_ignores_missing_and_floors_iqr() -> None:
@@ -101,7 +103,9 @@ def test_sc_fallback_only_where_sc_is_missing() -> None:
 
 
 def test_vds3_ppl_mid_amm_mid() -> None:
-    frame = rows().select(vds3=score.vds3(STATS), ppl_mid=score.ppl_mid(STATS), amm_mid=score.amm_mid(STATS))
+    frame = rows().select(
+        vds3=score.vds3(STATS), ppl_mid=score.ppl_mid(STATS), amm_mid=score.amm_mid(STATS)
+    )
     # Row A: z(VDS) = 1, z(frame_div) = (0.2 - 0.1) / 0.05 = 2; z(PPL) = 2; z(AMM) = (0.5 - 1) / 0.5 = -1.
     assert frame["vds3"][0] == pytest.approx(3.0)
     assert frame["ppl_mid"][0] == pytest.approx(math.exp(-2.0))
@@ -128,7 +132,13 @@ def test_quality_weights_are_named_and_sum_to_one() -> None:
 def test_quality_on_a_hand_computed_row() -> None:
     scored = score.add_scores(rows(), STATS)
     expected_a = (
-        0.28 * sig(3.0) + 0.18 * 0.6 + 0.14 * math.exp(-2.0) + 0.12 * math.exp(-1.0) + 0.12 * 1.0 + 0.10 * 0.8 + 0.06 * 0.2
+        0.28 * sig(3.0)
+        + 0.18 * 0.6
+        + 0.14 * math.exp(-2.0)
+        + 0.12 * math.exp(-1.0)
+        + 0.12 * 1.0
+        + 0.10 * 0.8
+        + 0.06 * 0.2
     )
     assert expected_a == pytest.approx(0.649813, abs=1e-6)  # the same sum done by hand
     assert scored["quality"][0] == pytest.approx(expected_a, rel=1e-12)
@@ -144,16 +154,32 @@ def test_quality_on_a_hand_computed_row() -> None:
 
 def test_quality_is_bounded_when_every_term_is_extreme() -> None:
     low = pl.DataFrame(
-        {"vds3": [-1e9], "sc_filled": [0.0], "ppl_mid": [0.0], "amm_mid": [0.0], "tnc_score": [0.0],
-         "cluster_rep": [0.0], "cluster_hard": [0.0]}
+        {
+            "vds3": [-1e9],
+            "sc_filled": [0.0],
+            "ppl_mid": [0.0],
+            "amm_mid": [0.0],
+            "tnc_score": [0.0],
+            "cluster_rep": [0.0],
+            "cluster_hard": [0.0],
+        }
     )
     high = pl.DataFrame(
-        {"vds3": [1e9], "sc_filled": [1.0], "ppl_mid": [1.0], "amm_mid": [1.0], "tnc_score": [1.0],
-         "cluster_rep": [1.0], "cluster_hard": [1.0]}
+        {
+            "vds3": [1e9],
+            "sc_filled": [1.0],
+            "ppl_mid": [1.0],
+            "amm_mid": [1.0],
+            "tnc_score": [1.0],
+            "cluster_rep": [1.0],
+            "cluster_hard": [1.0],
+        }
     )
     assert low.select(score.quality()).item() == pytest.approx(0.0)
     assert high.select(score.quality()).item() == pytest.approx(1.0)
 
 
 def test_cluster_rep_is_exp_minus_distance() -> None:
-    assert score.cluster_rep(np.array([0.0, 1.0, 2.5])) == pytest.approx([1.0, math.exp(-1.0), math.exp(-2.5)])
+    assert score.cluster_rep(np.array([0.0, 1.0, 2.5])) == pytest.approx(
+        [1.0, math.exp(-1.0), math.exp(-2.5)]
+    )

@@ -58,21 +58,33 @@ def test_table_format(db: Path) -> None:
 
 
 def test_csv_and_json_formats(db: Path) -> None:
-    query = "SELECT qa_uid, vds, error FROM descriptors WHERE error IS NOT NULL ORDER BY qa_uid LIMIT 2"
+    query = (
+        "SELECT qa_uid, vds, error FROM descriptors WHERE error IS NOT NULL ORDER BY qa_uid LIMIT 2"
+    )
     rows = list(csv.reader(io.StringIO(sql.run_sql(query, db, "csv"))))
     assert rows[0] == ["qa_uid", "vds", "error"]
     assert len(rows) == 3 and rows[1][1] == "" and rows[1][2].startswith("model pass failed")
     records = json.loads(sql.run_sql(query, db, "json"))
     assert records[0]["vds"] is None and set(records[0]) == {"qa_uid", "vds", "error"}
     nested = json.loads(sql.run_sql("SELECT stats FROM merge_report", db, "json"))
-    assert [s["signal"] for s in nested[0]["stats"]] == ["vds", "ppl", "amm", "frame_diversity", "sc"]
+    assert [s["signal"] for s in nested[0]["stats"]] == [
+        "vds",
+        "ppl",
+        "amm",
+        "frame_diversity",
+        "sc",
+    ]
     assert "text_feature" in sql.run_sql("SELECT text_feature FROM descriptors LIMIT 1", db, "csv")
 
 
 def test_errors_are_one_line(db: Path, tmp_path: Path) -> None:
-    with pytest.raises(sql.SqlError, match=r"^query failed: Parser Error: syntax error at or near \"SELEC\"$"):
+    with pytest.raises(
+        sql.SqlError, match=r"^query failed: Parser Error: syntax error at or near \"SELEC\"$"
+    ):
         sql.run_sql("SELEC 1", db)
-    with pytest.raises(sql.SqlError, match=r"^query failed: Catalog Error: Table with name nope does not exist"):
+    with pytest.raises(
+        sql.SqlError, match=r"^query failed: Catalog Error: Table with name nope does not exist"
+    ):
         sql.run_sql("SELECT * FROM nope", db)
     with pytest.raises(sql.SqlError, match="database not found"):
         sql.run_sql("SELECT 1", tmp_path / "missing.duckdb")
@@ -101,12 +113,18 @@ def test_reader_does_not_block_a_writer_of_another_file(db: Path) -> None:
 
 def test_temp_views_over_parquet_on_a_read_only_connection(db: Path, members: Path) -> None:
     out = sql.run_sql(
-        "SELECT arm, count(*) AS n FROM subset_members GROUP BY arm ORDER BY arm", db, "json",
+        "SELECT arm, count(*) AS n FROM subset_members GROUP BY arm ORDER BY arm",
+        db,
+        "json",
         views={"subset_members": str(members.parent / "*.parquet")},
     )
     assert json.loads(out) == [{"arm": "gdo", "n": 10}, {"arm": "uni10x", "n": 30}]
     # No files yet: the view is empty but typed from the declared schema.
-    empty = sql.query_frame("SELECT * FROM subset_members", db, views={"subset_members": [members.parent / "none.parquet"]})
+    empty = sql.query_frame(
+        "SELECT * FROM subset_members",
+        db,
+        views={"subset_members": [members.parent / "none.parquet"]},
+    )
     assert empty.height == 0 and empty.schema == pl.Schema(SUBSET_MEMBER_SCHEMA)
     with pytest.raises(sql.SqlError, match="no Parquet files match"):
         sql.parquet_view_sql("unknown_view", [members.parent / "none.parquet"])
@@ -122,7 +140,16 @@ def test_view_sql_quotes_names_and_paths(tmp_path: Path) -> None:
     assert con.execute('SELECT a FROM "we""ird"').fetchall() == [(1,)]
 
 
-@pytest.mark.parametrize("schema", [QA_SCHEMA, REJECT_SCHEMA, DESCRIPTOR_SCHEMA, merge.DESCRIPTOR_TABLE_SCHEMA, merge.MERGE_REPORT_SCHEMA])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        QA_SCHEMA,
+        REJECT_SCHEMA,
+        DESCRIPTOR_SCHEMA,
+        merge.DESCRIPTOR_TABLE_SCHEMA,
+        merge.MERGE_REPORT_SCHEMA,
+    ],
+)
 def test_every_schema_maps_to_duckdb_and_back(schema: dict) -> None:
     con = duckdb.connect()
     con.execute(sql.create_table_sql("t", schema))
@@ -146,7 +173,14 @@ def test_the_five_readme_queries_run(db: Path, members: Path) -> None:
         assert sql.run_sql(example.sql, db, views={"subset_members": [members]}).endswith("rows)\n")
     top_vds, means, temporal, errors, subsets = results.values()
     assert top_vds["vds"].to_list() == sorted(top_vds["vds"].to_list(), reverse=True)
-    assert means["qas"].sum() == 110  # QAs with a descriptor and a qa row (5 per shard lack a qa row)
+    assert (
+        means["qas"].sum() == 110
+    )  # QAs with a descriptor and a qa row (5 per shard lack a qa row)
     assert temporal["temporal_share"].is_between(0, 1).all()
     assert errors["error"].str.starts_with("model pass failed").all()
-    assert subsets.select("profile", "arm").rows() == [("minloss", "gdo"), ("minloss", "uni10x"), ("temp", "gdo"), ("temp", "uni10x")]
+    assert subsets.select("profile", "arm").rows() == [
+        ("minloss", "gdo"),
+        ("minloss", "uni10x"),
+        ("temp", "gdo"),
+        ("temp", "uni10x"),
+    ]
