@@ -19,6 +19,7 @@ from pydantic import Field
 from gdo_assets.partitions import POOL_CHUNKS
 from gdo_assets.pool import QA_DIR, REJECTS_DIR, candidate_pool
 from gdo_assets.project import GdoProject
+from gdo_assets.subsets import SUBSET_MEMBERS_GLOB
 from gdo_core import merge
 
 # Where the pieces live inside the project data folder.
@@ -58,6 +59,12 @@ class MergeConfig(Config):
 def db_path(project: GdoProject) -> Path:
     """The project's DuckDB file (the one `gdo sql` reads)."""
     return project.path(*DB_FILE)
+
+
+def query_views(project: GdoProject) -> dict[str, str]:
+    """Parquet outputs exposed as DuckDB views: persistent ones made by the merge (the single
+    writer), the same as TEMP views by `gdo sql` for outputs written after it."""
+    return {"subset_members": str(project.path(*SUBSET_MEMBERS_GLOB))}
 
 
 def chunk_files(project: GdoProject, parts: tuple[str, ...], keys: list[str]) -> list[Path]:
@@ -169,6 +176,7 @@ def descriptors(
         path,
         clusters=config.clusters,
         seed=config.seed,
+        views=query_views(gdo),
     )
     counts = merge.check_counts(path)
     plot = merge.plot_descriptor_distributions(path, gdo.path(*PLOT_FILE))

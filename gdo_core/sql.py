@@ -86,19 +86,27 @@ def create_table_sql(table: str, schema: Mapping[str, pl.DataType]) -> str:
     return f"CREATE TABLE {sql_identifier(table)} ({columns})"
 
 
-def _expand(paths: Sequence[str | os.PathLike] | str) -> list[str]:
-    """Files named by a glob or a list of paths/globs, sorted; missing ones dropped."""
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _matching_patterns(paths: Sequence[str | os.PathLike] | str) -> list[str]:
+    """The files and globs among `paths` that match at least one file now, sorted.
+
+    Globs are kept as globs, so a view over them also reads files written after it was created.
+    """
     patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    found: set[str] = set()
+    kept: set[str] = set()
     for pattern in patterns:
         text = str(pattern)
-        if any(ch in text for ch in "*?["):
+        if _is_glob(text):
             root = Path(text).anchor or "."
             relative = text[len(root) :] if Path(text).is_absolute() else text
-            found.update(str(p) for p in Path(root).glob(relative) if p.is_file())
+            if any(p.is_file() for p in Path(root).glob(relative)):
+                kept.add(text)
         elif Path(text).is_file():
-            found.add(text)
-    return sorted(found)
+            kept.add(text)
+    return sorted(kept)
 
 
 def parquet_view_sql(
@@ -108,8 +116,8 @@ def parquet_view_sql(
     schema: Mapping[str, pl.DataType] | None = None,
     temporary: bool = False,
 ) -> str:
-    """CREATE OR REPLACE [TEMP] VIEW over Parquet files; with no files, an empty view typed by `schema`."""
-    files = _expand(paths)
+    """CREATE OR REPLACE [TEMP] VIEW over Parquet files or globs; with no match, an empty view typed by `schema`."""
+    files = _matching_patterns(paths)
     schema = schema if schema is not None else VIEW_SCHEMAS.get(name)
     kind = "TEMP VIEW" if temporary else "VIEW"
     if files:

@@ -377,6 +377,14 @@ def test_views_are_created_by_the_writer(pool: dict, tmp_path: Path) -> None:
         "vv::row1::t0",
         "ov::row0::t0",
     ]
+    # The view keeps the glob: a profile built after the merge shows up without a new merge.
+    later = tmp_path / "subsets" / "temp" / "members.parquet"
+    later.parent.mkdir(parents=True)
+    pl.read_parquet(members).with_columns(profile=pl.lit("temp")).write_parquet(later)
+    assert (
+        table(db, "subset_members", "profile, arm")["profile"].to_list()
+        == ["minloss"] * 2 + ["temp"] * 2
+    )
     empty = tmp_path / "empty.duckdb"
     merge_pool(
         pool, empty, clusters=4, views={"subset_members": str(tmp_path / "none" / "*.parquet")}
