@@ -117,8 +117,10 @@ def _normalise_columns(frame: pl.DataFrame, where: str) -> pl.DataFrame:
         dtype = frame.schema[col]
         if not (dtype.is_numeric() or dtype == pl.Null):
             raise MetricsError(f"{where}: key {col!r} must be numeric, got column type {dtype}")
-        out.append(pl.col(col).cast(pl.Float64).fill_nan(None))
-    return frame.select(pl.col("qa_uid").cast(pl.String), *out)
+        value = pl.col(col).cast(pl.Float64)
+        out.append(pl.when(value.is_finite()).then(value).otherwise(None).alias(col))
+    uid = pl.col("qa_uid").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars()
+    return frame.select(uid, *out)
 
 
 def _as_float(value: Any) -> float | None:
@@ -151,8 +153,11 @@ def _read_metrics_jsonl_rows(raw: bytes, where: str, strict: bool) -> MetricsTab
         try:
             item = loads(line)
         except ValueError as exc:
-            fail(number, f"not valid JSON ({exc})")
-            continue
+            try:  # json also takes NaN / Infinity tokens, as the published reader did
+                item = json.loads(line)
+            except ValueError:
+                fail(number, f"not valid JSON ({exc})")
+                continue
         if not isinstance(item, dict):
             fail(number, "expected a JSON object")
             continue

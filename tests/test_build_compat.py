@@ -469,3 +469,14 @@ def test_goal_subsets_asset_materializes_with_passing_checks(tmp_path):
         "profile"
     ].unique().to_list() == ["temp_plus"]
     assert qa["qa_uid"][0] not in members["qa_uid"].to_list()
+
+
+def test_metrics_jsonl_takes_nan_and_infinity_as_missing(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"qa_uid": " a ", "vds": NaN, "quality_score": 1.0}\n{"qa_uid": "b", "vds": Infinity}\n')
+    rows = BLD.load_metrics(path).rows
+    assert rows["qa_uid"].to_list() == ["a", "b"]
+    assert rows["vds"].to_list() == [None, None] and rows["quality"].to_list() == [1.0, None]
+    flat = tmp_path / "flat.parquet"
+    pl.DataFrame({"qa_uid": ["x"], "vds": [float("inf")]}).write_parquet(flat)
+    assert BLD.load_metrics(flat).rows["vds"].to_list() == [None]
