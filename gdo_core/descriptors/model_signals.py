@@ -103,6 +103,11 @@ def sample_seed(base_seed: int, question: str, answer: str, frames: Sequence[str
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
+def row_seed(qa_seed: int, sample: int) -> int:
+    """Seed of one SC sample of a QA (independent streams per sample)."""
+    return sample_seed(qa_seed, "sample", str(sample), ())
+
+
 # ---- inputs and outputs -------------------------------------------------------------------
 
 
@@ -161,9 +166,10 @@ class SignalSettings:
 
 
 class SeededSampler:
-    """Logits processor doing the published SC sampling (temperature, top-k, top-p, then a draw)
-    with one seeded generator per row; it leaves only the drawn token, so each QA's samples
-    depend on its seed alone, not on the global RNG or on which QAs share its batch."""
+    """SC sampling (temperature, top-k, top-p, draw) with one seeded generator per row."""
+
+    # Each row draws from its own generator, so a QA's samples depend on its seed alone,
+    # not on the global RNG or on which QAs share its batch.
 
     def __init__(
         self, seeds: Sequence[int], top_k: int, temperature: float = SC_TEMPERATURE, top_p: float = SC_TOP_P
@@ -189,11 +195,9 @@ class SeededSampler:
 
 
 def sampling_kwargs(seeds: Sequence[int], top_k: int) -> dict[str, Any]:
-    """`generate` arguments for SC sampling: greedy over our sampler's pick (one draw per row).
-
-    Greedy rather than do_sample: transformers' own multinomial over a 152k vocabulary costs
-    ~80 ms per step on a CPU, and the draw is ours anyway.
-    """
+    """`generate` arguments for SC: greedy decoding over the token our sampler drew."""
+    # Not do_sample: transformers' own multinomial over a 152k vocabulary costs ~80 ms a step
+    # on a CPU, and the draw is ours anyway.
     return {
         "do_sample": False,
         "max_new_tokens": SC_MAX_NEW_TOKENS,
@@ -265,8 +269,7 @@ class SignalModel:
         return self.processor.apply_chat_template([user, assistant], tokenize=False)
 
     def encode_images(self, items: Sequence[QAInput]) -> tuple[dict[str, Any] | None, list[list[int]]]:
-        """Vision-tower outputs per image of the batch in QA order (each frame list encoded once),
-        and the number of placeholder tokens per image of each QA."""
+        """Vision outputs per image in QA order (each frame list encoded once) and tokens per image per QA."""
         distinct: dict[str, list[np.ndarray]] = {}
         for item in items:
             if item.images:
@@ -362,13 +365,12 @@ class SignalModel:
     def sample_answers(
         self, items: Sequence[QAInput], encoded: dict[str, Any], counts: Sequence[Sequence[int]], n: int
     ) -> list[list[str]]:
-        """n sampled answers per QA (top-p 0.9, temperature 0.8) from one `generate` call over
-        the batch's prompts each repeated n times (the vision outputs are shared, not recomputed)."""
+        """n sampled answers per QA from one `generate` over each prompt repeated n times (vision shared)."""
         prompts = [self._expand(self.chat_text(it.question, None, len(c)), c) for it, c in zip(items, counts)]
         batch = self.tokenize([p for p in prompts for _ in range(n)])
         rows = [i for i in range(len(items)) for _ in range(n)]
         repeated = _select_images(encoded, counts, rows)
-        seeds = [items[i].seed + k for i in range(len(items)) for k in range(n)]  # rows are QA-major
+        seeds = [row_seed(items[i].seed, k) for i in range(len(items)) for k in range(n)]  # QA-major rows
         with torch.inference_mode():
             out = self.model.generate(
                 **batch,
@@ -444,8 +446,7 @@ def model_fingerprint_of(model_dir: Path) -> str:
 def run_split_on_failure(
     items: Sequence[Any], compute: Callable[[Sequence[Any]], list[Any]], on_error: Callable[[Any, str], Any]
 ) -> list[Any]:
-    """compute(items); a failing batch (out of memory or otherwise) is halved and retried,
-    down to single items, whose failure becomes on_error(item, message)."""
+    """compute(items), halving a failing batch (OOM or other) down to single items, whose failure is on_error."""
     try:
         return compute(items)
     except Exception as exc:  # noqa: BLE001 - one bad QA or an OOM must not lose the batch
@@ -512,7 +513,7 @@ def published_signals(model: SignalModel, item: QAInput, sc_samples: int, tnc_mo
         for k in range(sc_samples):
             with torch.inference_mode():
                 out = model.model.generate(
-                    **prompt, **sampling_kwargs([item.seed + k], model.sc_top_k),
+                    **prompt, **sampling_kwargs([row_seed(item.seed, k)], model.sc_top_k),
                     pad_token_id=model.pad_token_id, eos_token_id=model.eos_token_id,
                 )
             answers.append(model.tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip())
