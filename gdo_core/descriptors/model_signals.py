@@ -247,6 +247,8 @@ class SignalModel:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU")
         dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         if dtype_name not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
