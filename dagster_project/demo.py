@@ -23,7 +23,9 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
     from dagster import DagsterInstance
 
     from dagster_project.definitions import build_definitions
+    from gdo_assets.descriptors import DescriptorModel
     from gdo_assets.pool import register_chunks
+    from gdo_assets.subsets import goal_profiles
     from gdo_assets.project import GdoProject
     from gdo_core.demo import make_demo_pool
     from gdo_core.tiny_model import build_tiny_model
@@ -44,7 +46,8 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
         video=[str(demo_pool.video)],
         chunk_lines=chunk_lines,
     )
-    defs = build_definitions(project, in_process=True)
+    model = DescriptorModel(model_dir=str(model_dir), device="cpu")
+    defs = build_definitions(project, model, in_process=True)
     with DagsterInstance.get() as instance:
         new, total = register_chunks(instance, demo_pool.onevision, demo_pool.video, chunk_lines)
         echo(f"chunk partitions: {total} ({len(new)} new)")
@@ -53,7 +56,23 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
         for key in keys:
             _run(defs, "ingest_pool", instance, partition_key=key)
         result = _run(defs, "profile_pool", instance)
-    metadata = _materialization_metadata(result, "pool_profile")
+        metadata = _materialization_metadata(result, "pool_profile")
+        echo(f"QA pairs: {metadata.get('qa_rows')} {metadata.get('qa_per_bucket')}")
+        echo(f"rejects: {metadata.get('rejects')} {metadata.get('rejects_per_reason')}")
+        described = []
+        for key in keys:
+            echo(f"descriptors: chunk {key}")
+            run = _run(defs, "describe_chunks", instance, partition_key=key)
+            described.append(_materialization_metadata(run, "descriptor_shards"))
+        merged = _materialization_metadata(_run(defs, "merge_descriptors", instance), "descriptors")
+        echo(f"merged descriptors into {data_dir / 'gdo.duckdb'}")
+        subsets = {}
+        for profile in goal_profiles.get_partition_keys():
+            meta = _materialization_metadata(
+                _run(defs, "build_subsets", instance, partition_key=profile), "goal_subsets"
+            )
+            subsets[profile] = {k: meta.get(k) for k in ("target_count", "uni_count", "unmet_constraints")}
+            echo(f"goal subsets [{profile}]: {subsets[profile]}")
     report = {
         "data_dir": str(data_dir),
         "dagster_home": os.environ["DAGSTER_HOME"],
@@ -63,10 +82,15 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
         "rejects": metadata.get("rejects"),
         "rejects_per_reason": metadata.get("rejects_per_reason"),
         "strata": metadata.get("strata"),
+        "descriptors": {
+            "computed": sum(int(m.get("computed", 0) or 0) for m in described),
+            "reused": sum(int(m.get("reused", 0) or 0) for m in described),
+            "rows": merged.get("rows"),
+            "error_rows": merged.get("error_rows"),
+        },
+        "subsets": subsets,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    echo(f"QA pairs: {report['qa_rows']} {report['qa_per_bucket']}")
-    echo(f"rejects: {report['rejects']} {report['rejects_per_reason']}")
     return report
 
 

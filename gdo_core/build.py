@@ -265,7 +265,7 @@ def published_view(qa: pl.DataFrame) -> pl.DataFrame:
     default = pl.col("bucket").replace_strict(PUBLISHED_DEFAULT_SOURCE, default="")
     out = qa.with_columns(
         data_source=pl.when(source == "").then(default).otherwise(source),
-        question_form=pl.when(pl.col("question").str.contains("(?i)" + MCQ_PATTERN))
+        question_form=pl.when(pl.col("question").str.contains(MCQ_PATTERN))
         .then(pl.lit(MCQ))
         .otherwise(pl.lit(OPEN)),
     )

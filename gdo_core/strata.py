@@ -13,7 +13,8 @@ TEMPORAL_PATTERN = (
     r"(?i)\b(before|after|then|while|during|first|next|finally|sequence|later|earlier|"
     r"transition|happen)\b"
 )
-MCQ_PATTERN = r"(\bchoices?\b)|(\nA\.)|(\nA\))"
+# Case-insensitive like the published test; the fix is testing the raw text, not the collapsed one.
+MCQ_PATTERN = r"(?i)(\bchoices?\b)|(\nA\.)|(\nA\))"
 MEDIA_TOKEN_PATTERN = r"<image>|<video>|<audio>"
 
 # Upper edges (inclusive) and labels; the last label takes everything above the last edge.

@@ -8,8 +8,13 @@ from dagster_project.definitions import build_definitions, defs
 REPO = Path(__file__).resolve().parents[1]
 
 # Update on purpose when the graph changes, so the change shows up in review.
-EXPECTED_ASSET_KEYS = ["candidate_pool", "pool_files", "pool_profile"]
-EXPECTED_JOBS = ["__ASSET_JOB", "ingest_pool", "observe_pool", "profile_pool"]
+EXPECTED_ASSET_KEYS = [
+    "candidate_pool", "descriptor_shards", "descriptors", "goal_subsets", "pool_files", "pool_profile",
+]
+EXPECTED_JOBS = [
+    "__ASSET_JOB", "build_subsets", "describe_chunks", "ingest_pool", "merge_descriptors",
+    "observe_pool", "profile_pool",
+]
 
 
 def test_definitions_snapshot():

@@ -55,7 +55,9 @@ RAW_MCQ = "<video>\nWhich way does it move?\nA. left\nB. right"
         ("What is in the image? A. cat", "Open"),  # options not on their own line
         ("Describe the scene.", "Open"),
         ("How do we make choicest wine", "Open"),  # word boundary
-        ("\na. lower-case option", "Open"),
+        ("\na. lower-case option", "MCQ"),  # case-insensitive, as published
+        ("Choices: red, blue", "MCQ"),
+        ("\nB. no first option", "Open"),
     ],
 )
 def test_question_form_on_raw_text(text, form):
