@@ -25,8 +25,8 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
     from dagster_project.definitions import build_definitions
     from gdo_assets.descriptors import DescriptorModel
     from gdo_assets.pool import register_chunks
-    from gdo_assets.subsets import goal_profiles
     from gdo_assets.project import GdoProject
+    from gdo_assets.subsets import goal_profiles
     from gdo_core.demo import make_demo_pool
     from gdo_core.tiny_model import build_tiny_model
 
