@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -537,6 +537,32 @@ def pool_files(onevision: Path | list[Path] | None, video: Path | list[Path] | N
     return files
 
 
+def _auto_workers(files: list[PoolFile], workers: int | None) -> int:
+    """Worker processes for a pool: one per core for big pools, 1 where start-up would dominate."""
+    if workers is not None:
+        return max(1, workers)
+    small = sum(f.path.stat().st_size for f in files) < PARALLEL_INGEST_BYTES
+    return 1 if small else os.cpu_count() or 1
+
+
+def _map_ordered(fn: Callable[..., Any], jobs: Iterable[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    """fn(*job) for every job, in job order, on `workers` processes with at most 2 jobs each in flight."""
+    if workers == 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    # spawn, not fork: polars' thread pool does not survive a fork
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as executor:
+        pending: collections.deque = collections.deque()
+        for job in jobs:
+            pending.append(executor.submit(fn, *job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def read_pool(
     onevision: Path | list[Path] | None,
     video: Path | list[Path] | None,
@@ -546,14 +572,18 @@ def read_pool(
     media_root: Path | None = None,
     video_frame_dir: Path | None = None,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
+    workers: int | None = None,
 ) -> PoolResult:
     """Parse whole pool files (image pools first, then video pools) into one PoolResult."""
     options = ParseOptions(target_frames, mcq_on_raw, media_root, video_frame_dir)
+    files = pool_files(onevision, video)
+    jobs = (
+        (records, pool, options) for pool in files for _, records in iter_line_chunks(pool.path, chunk_lines)
+    )
     qa, rejects = [], []
-    for pool in pool_files(onevision, video):
-        for _, result in iter_pool_chunks(pool, chunk_lines, options):
-            qa.append(result.qa)
-            rejects.append(result.rejects)
+    for result in _map_ordered(parse_records, jobs, _auto_workers(files, workers)):
+        qa.append(result.qa)
+        rejects.append(result.rejects)
     return PoolResult(
         pl.concat(qa) if qa else S.empty_frame(S.QA_SCHEMA),
         pl.concat(rejects) if rejects else S.empty_frame(S.REJECT_SCHEMA),
@@ -619,9 +649,6 @@ def ingest(
     """
     out_dir = Path(out_dir)
     files = pool_files(onevision, video)
-    if workers is None:  # processes pay off only past a few chunks
-        small = sum(f.path.stat().st_size for f in files) < PARALLEL_INGEST_BYTES
-        workers = 1 if small else os.cpu_count() or 1
     bar = tqdm(desc="ingest", unit=" QA", dynamic_ncols=True) if progress else None
     qa_files: list[Path] = []
     rejects: list[pl.DataFrame] = []
@@ -642,20 +669,8 @@ def ingest(
         for pool in files
         for index, records in iter_line_chunks(pool.path, chunk_lines)
     )
-    if workers == 1:
-        for job in jobs:
-            collect(_ingest_chunk(*job))
-    else:
-        # spawn, not fork: polars' thread pool does not survive a fork
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as executor:
-            pending: collections.deque = collections.deque()
-            for job in jobs:
-                pending.append(executor.submit(_ingest_chunk, *job))
-                if len(pending) >= 2 * workers:
-                    collect(pending.popleft().result())
-            while pending:
-                collect(pending.popleft().result())
+    for done in _map_ordered(_ingest_chunk, jobs, _auto_workers(files, workers)):
+        collect(done)
     if bar is not None:
         bar.close()
     all_rejects = pl.concat(rejects) if rejects else S.empty_frame(S.REJECT_SCHEMA)

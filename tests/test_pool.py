@@ -188,3 +188,11 @@ def test_parallel_ingest_writes_the_same_files(tmp_path):
         assert a.read_bytes() == b.read_bytes()
     assert serial.rejects_file.read_bytes() == parallel.rejects_file.read_bytes()
     assert serial.counts == parallel.counts
+
+
+def test_read_pool_in_worker_processes_equals_one_process(tmp_path):
+    ov = _write(tmp_path / "ov.jsonl", _rows(IMAGE_ROWS * 3) + BAD_LINES)
+    vv = _write(tmp_path / "vv.jsonl", _rows(VIDEO_ROWS * 3))
+    one = P.read_pool(ov, vv, chunk_lines=2, workers=1)
+    two = P.read_pool(ov, vv, chunk_lines=2, workers=2)
+    assert one.qa.equals(two.qa) and one.rejects.equals(two.rejects)
