@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from gdo_core import merge
-from gdo_core.schema import DESCRIPTOR_SCHEMA, QA_SCHEMA, REJECT_SCHEMA
+from gdo_core.schema import DESCRIPTOR_SCHEMA, QA_SCHEMA, REJECT_SCHEMA, STRATUM_FIELDS
 
 DEFAULT_ROWS = 1_000_000
 DEFAULT_SHARDS = 20
@@ -108,15 +108,7 @@ def qa_shard(start: int, rows: int) -> pl.DataFrame:
         line=pl.col("i") // 4 + 1,
     )
     stratum = pl.concat_str(
-        [
-            "bucket",
-            "duration_bucket",
-            "temporal_category",
-            "question_form",
-            "q_len_bucket",
-            "a_len_bucket",
-            "source_group",
-        ],
+        list(STRATUM_FIELDS),
         separator="|",
     )
     return frame.with_columns(stratum=stratum).select(list(QA_SCHEMA)).cast(QA_SCHEMA)  # type: ignore[arg-type]
