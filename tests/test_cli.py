@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 from dagster_project.cli import app
 
 runner = CliRunner()
-COMMANDS = ["demo-data", "tiny-model", "ingest", "register-pool", "demo"]
+COMMANDS = [
+    "demo-data", "tiny-model", "ingest", "extract", "merge", "sql", "build", "resample", "register-pool", "demo",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -54,3 +56,31 @@ def test_console_script_runs():
     out = subprocess.run([str(gdo), "--help"], capture_output=True, text=True, check=True).stdout
     for command in COMMANDS:
         assert command in out
+
+
+@pytest.mark.e2e
+def test_ingest_extract_merge_sql_build_chain_on_the_demo_pool(tmp_path):
+    """The method's commands chained by hand, as a user without Dagster would run them."""
+    from gdo_core.demo import make_demo_pool
+
+    demo = make_demo_pool(tmp_path / "pool", seed=0)
+    work = tmp_path / "work"
+
+    def gdo(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    gdo("ingest", "--onevision", demo.onevision, "--video", demo.video, "--out", work, "--chunk-lines", 60)
+    out = gdo("extract", "--pool", work, "--out", work / "shards", "--motion-only")
+    assert str(demo.n_image_qas + demo.n_video_qas) in out
+    gdo("merge", "--shards", work / "shards", "--pool", work, "--db", work / "gdo.duckdb", "--clusters", 16)
+    csv = gdo("sql", "SELECT count(*) AS n, count(DISTINCT cluster_id) AS k FROM descriptors",
+              "--db", work / "gdo.duckdb", "--format", "csv")
+    assert csv.strip().splitlines() == ["n,k", f"{demo.n_image_qas + demo.n_video_qas},16"]
+    gdo("build", "--profile", "temp", "--onevision", demo.onevision, "--video", demo.video,
+        "--metrics", work / "gdo.duckdb", "--out", work / "temp", "--target-count", 40)
+    rows = [json.loads(line) for line in (work / "temp" / "gdo_1x_32f.jsonl").read_text().splitlines()]
+    assert len(rows) == 40
+    bad = runner.invoke(app, ["sql", "SELEC 1", "--db", str(work / "gdo.duckdb")])
+    assert bad.exit_code == 2 and bad.output.startswith("gdo: error:")
