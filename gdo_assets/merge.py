@@ -18,12 +18,11 @@ from pydantic import Field
 
 from gdo_assets.partitions import POOL_CHUNKS
 from gdo_assets.pool import QA_DIR, REJECTS_DIR, candidate_pool
-from gdo_assets.project import GdoProject
-from gdo_assets.subsets import SUBSET_MEMBERS_GLOB
+from gdo_assets.project import DB_FILE, GdoProject
 from gdo_core import merge
+from gdo_core.sql import SUBSET_MEMBERS_GLOB
 
 # Where the pieces live inside the project data folder.
-DB_FILE = ("gdo.duckdb",)
 SHARDS_DIR = ("descriptors", "shards")
 PLOT_FILE = ("descriptors", "distributions.png")
 # The partitioned asset that writes one shard per pool chunk (DESCRIPTOR_SCHEMA Parquet).
@@ -65,12 +64,6 @@ def query_views(project: GdoProject) -> dict[str, str]:
     """Parquet outputs exposed as DuckDB views: persistent ones made by the merge (the single
     writer), the same as TEMP views by `gdo sql` for outputs written after it."""
     return {"subset_members": str(project.path(*SUBSET_MEMBERS_GLOB))}
-
-
-def chunk_files(project: GdoProject, parts: tuple[str, ...], keys: list[str]) -> list[Path]:
-    """The Parquet files of the given chunk keys that exist (a chunk with no output yet is skipped)."""
-    paths = [project.path(*parts, f"{key}.parquet") for key in sorted(keys)]
-    return [p for p in paths if p.exists()]
 
 
 def _stats_table(report: merge.MergeReport) -> str:
@@ -167,12 +160,12 @@ def descriptors(
 ) -> MaterializeResult:
     """Merge every registered chunk's shard, QA rows and rejects into the project DuckDB file in one transaction."""
     keys = list(context.instance.get_dynamic_partitions(POOL_CHUNKS))
-    shards = chunk_files(gdo, SHARDS_DIR, keys)
+    shards = gdo.chunk_files(SHARDS_DIR, keys)
     path = db_path(gdo)
     report = merge.merge_to_duckdb(
         shards,
-        chunk_files(gdo, QA_DIR, keys),
-        chunk_files(gdo, REJECTS_DIR, keys),
+        gdo.chunk_files(QA_DIR, keys),
+        gdo.chunk_files(REJECTS_DIR, keys),
         path,
         clusters=config.clusters,
         seed=config.seed,

@@ -119,8 +119,7 @@ def _file_digest(path: Path) -> str:
 
 def read_partitions(project: GdoProject, parts: tuple[str, ...], keys: list[str], schema: dict) -> pl.DataFrame:
     """Concatenate the Parquet files of the given chunk keys (missing ones are skipped)."""
-    paths = [project.path(*parts, f"{k}.parquet") for k in sorted(keys)]
-    frames = [pl.read_parquet(p) for p in paths if p.exists()]
+    frames = [pl.read_parquet(p) for p in project.chunk_files(parts, keys)]
     return pl.concat(frames) if frames else S.empty_frame(schema)
 
 

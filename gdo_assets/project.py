@@ -15,6 +15,9 @@ from gdo_core.pool import (
     pool_files,
 )
 
+# The project's DuckDB file inside the data folder (the one `gdo sql` reads by default).
+DB_FILE = ("gdo.duckdb",)
+
 
 class GdoProject(ConfigurableResource):
     """Pool inputs and the project data folder (DuckDB file, Parquet partitions, outputs)."""
@@ -50,6 +53,11 @@ class GdoProject(ConfigurableResource):
     def path(self, *parts: str) -> Path:
         """A path inside the data folder."""
         return self.root.joinpath(*parts)
+
+    def chunk_files(self, parts: tuple[str, ...], keys: list[str]) -> list[Path]:
+        """The Parquet files of the given chunk keys that exist, in key order (missing ones skipped)."""
+        paths = [self.path(*parts, f"{key}.parquet") for key in sorted(keys)]
+        return [p for p in paths if p.exists()]
 
 
 def _split_paths(value: str | None) -> list[str]:

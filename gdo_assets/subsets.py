@@ -25,19 +25,18 @@ from dagster import (
 from pydantic import Field
 
 from gdo_assets.pool import QA_DIR, split_chunk_key
-from gdo_assets.project import GdoProject
+from gdo_assets.project import DB_FILE, GdoProject
 from gdo_core import schema as S
 from gdo_core.build import BuildResult, build_from_pool, load_metrics
 from gdo_core.candidate_score import Ablations
 from gdo_core.profiles import available_profiles, load_profile, profiles_dir_from_env
 from gdo_core.select import load_exclusion_reference
+from gdo_core.sql import SUBSET_MEMBERS_GLOB
 
 GOAL_SUBSETS = "goal_subsets"
 SUBSETS_DIR = ("subsets",)
 # The Parquet files behind the DuckDB view subset_members(profile, arm, qa_uid, rank, stage, score).
-SUBSET_MEMBERS_GLOB = ("subsets", "*", "subset_members.parquet")
 COMPOSITION_PLOT = "composition.png"
-DB_FILE = ("gdo.duckdb",)
 DEFAULT_BASELINE_PROFILE = "temp_plus"
 PLOT_FIELDS = ("bucket", "temporal_category", "duration_bucket", "question_form", "source_group")
 PLOT_TOP_VALUES = 10

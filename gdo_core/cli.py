@@ -236,14 +236,14 @@ def sql(
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """Query the descriptors database read-only (tables qa, descriptors, rejects, merge_report, subset_members)."""
-    from gdo_core.sql import run_sql
+    from gdo_core.sql import SUBSET_MEMBERS_GLOB, run_sql
 
     with clear_errors():
         if format not in ("table", "csv", "json"):
             raise CliError(f"--format {format}: expected table, csv or json")
         # Subsets written after the merge are exposed as a view over their Parquet files.
         views = {
-            "subset_members": str(db.resolve().parent / "subsets" / "*" / "subset_members.parquet")
+            "subset_members": str(db.resolve().parent.joinpath(*SUBSET_MEMBERS_GLOB))
         }
         typer.echo(run_sql(query, db, format, views=views))
 

@@ -25,6 +25,8 @@ from gdo_core.schema import SUBSET_MEMBER_SCHEMA
 FORMATS: tuple[str, ...] = ("table", "csv", "json")
 # Digits shown for floats in the table format.
 TABLE_FLOAT_DIGITS = 6
+# Where subset members live, relative to the data folder that holds the DuckDB file.
+SUBSET_MEMBERS_GLOB = ("subsets", "*", "subset_members.parquet")
 
 # Views over Parquet outputs that have a declared schema (an empty view is typed from it).
 VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {"subset_members": SUBSET_MEMBER_SCHEMA}
