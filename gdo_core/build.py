@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -238,12 +239,10 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
         finally:
             con.close()
         return MetricsTable(_normalise_columns(frame, f"{where} [{DUCKDB_TABLE}]"), where, "duckdb")
-    raw = gzip.decompress(path.read_bytes()) if kind == "jsonl.gz" else path.read_bytes()
-    try:  # fast path: flat, well-formed rows
-        frame = pl.read_ndjson(io.BytesIO(raw))
-        if "data_quality_metrics" not in frame.columns and frame.height == raw.count(b"\n") + (
-            0 if raw.endswith(b"\n") else 1
-        ):
+    raw = gzip.decompress(path.read_bytes()) if kind == "jsonl.gz" else None
+    try:  # fast path: flat, well-formed rows (plain files are read by polars without a copy here)
+        frame = pl.read_ndjson(io.BytesIO(raw) if raw is not None else path)
+        if "data_quality_metrics" not in frame.columns and frame.height == _line_count(raw, path):
             frame = _normalise_columns(frame, where)
             if (
                 frame["qa_uid"].null_count() == 0
@@ -252,7 +251,19 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
                 return MetricsTable(frame, where, "jsonl")
     except (pl.exceptions.PolarsError, MetricsError, ValueError):
         pass
-    return _read_metrics_jsonl_rows(raw, where, strict)
+    return _read_metrics_jsonl_rows(raw if raw is not None else path.read_bytes(), where, strict)
+
+
+def _line_count(raw: bytes | None, path: Path) -> int:
+    """Lines of a file (a last line without a newline counts), from its bytes or read in blocks."""
+    if raw is not None:
+        return raw.count(b"\n") + (0 if not raw or raw.endswith(b"\n") else 1)
+    count, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while block := fh.read(16 * 2**20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (0 if last == b"\n" else 1)
 
 
 # ---- published-compatibility glue ---------------------------------------------------------
@@ -422,8 +433,13 @@ def build_from_pool(
     gdo_name, uni_name = output_names(frames)
     gdo_rows = sft_rows(result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode=mode)
     uni_rows = sft_rows(result.qa, result.scores, result.uni_rows, None, mode=mode)
-    _write_ndjson_atomic(gdo_rows, out / gdo_name)
-    _write_ndjson_atomic(uni_rows, out / uni_name)
+    with ThreadPoolExecutor(2) as writers:
+        done = [
+            writers.submit(_write_ndjson_atomic, gdo_rows, out / gdo_name),
+            writers.submit(_write_ndjson_atomic, uni_rows, out / uni_name),
+        ]
+        for future in done:
+            future.result()
     members = members_table(prof.name, result)
     members_path = out / "subset_members.parquet"
     tmp = members_path.with_name(f".{members_path.name}.{os.getpid()}.tmp")
@@ -498,14 +514,19 @@ def build_subsets(
     frames = target_frames or prof.target_frames
     if frames < 1:
         raise BuildError(f"target frames must be >= 1, got {frames}")
-    metrics_table = load_metrics(metrics, strict=(compat is None)) if metrics is not None else None
-    pool = read_pool(
-        Path(onevision) if onevision is not None else None,
-        Path(video) if video is not None else None,
-        target_frames=frames,
-        mcq_on_raw=(compat is None),
-        media_root=Path(media_root) if media_root is not None else None,
-    )
+    # The metrics file loads on a thread while the pool is read (both release the GIL).
+    with ThreadPoolExecutor(1) as side:
+        pending = (
+            side.submit(load_metrics, metrics, strict=(compat is None)) if metrics is not None else None
+        )
+        pool = read_pool(
+            Path(onevision) if onevision is not None else None,
+            Path(video) if video is not None else None,
+            target_frames=frames,
+            mcq_on_raw=(compat is None),
+            media_root=Path(media_root) if media_root is not None else None,
+        )
+        metrics_table = pending.result() if pending is not None else None
     read_s = time.perf_counter() - t0
     rejects = pool.rejects
     pool_info = {

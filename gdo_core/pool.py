@@ -17,11 +17,12 @@ import multiprocessing
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
@@ -243,9 +244,14 @@ def _turn_pairs(obj: dict[str, Any]) -> list[tuple[str, str]]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise _Reject(S.REJECT_WRONG_TYPE, f"{key}[{i}] must be an object")
-        role = message.get("role", message.get("from"))
-        role = role.lower() if isinstance(role, str) else role
-        content = message.get("content", message.get("value"))
+        # A null role or content counts as missing, so the ShareGPT key is used (as in the fast path).
+        role = message.get("role")
+        if role is None:
+            role = message.get("from")
+        role = role.lower() if isinstance(role, str) else None
+        content = message.get("content")
+        if content is None:
+            content = message.get("value")
         if role in USER_ROLES:
             pending = _text_of(content, f"{key}[{i}]")
         elif role in ASSISTANT_ROLES and pending is not None:
@@ -371,7 +377,7 @@ def parse_records(
     records: list[tuple[int, bytes]], pool: PoolFile, options: ParseOptions = ParseOptions()
 ) -> PoolResult:
     """Parse (line number, raw JSON) records of one pool file into QA rows and rejects."""
-    kind, prefix = pool.kind, UID_PREFIX[pool.kind]
+    kind = pool.kind
     source_file = str(pool.path)
     base_dir = Path(pool.path).resolve().parent
     videos = (
@@ -426,7 +432,7 @@ def parse_records(
             cols.frames.append(frames)
             cols.data_source.append(data_source)
             cols.line.append(line)
-    qa, empty = _qa_frame(cols, kind, prefix, source_file, options.mcq_on_raw)
+    qa, empty = qa_frame(_pairs_frame(cols), kind, source_file, options.mcq_on_raw)
     reject_frame = pl.concat([pl.DataFrame(rejects, schema=S.REJECT_SCHEMA), empty]).sort("line", maintain_order=True)
     return PoolResult(qa, reject_frame)
 
@@ -441,31 +447,41 @@ def _list_column(lists: list[list[str]]) -> pl.Series:
     return pl.Series("frames", array, dtype=pl.List(pl.String()))
 
 
-def _qa_frame(
-    cols: _Pairs, kind: str, prefix: str, source_file: str, mcq_on_raw: bool
+def _rank_within_runs(keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal consecutive keys (pairs arrive grouped by line)."""
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    lengths = np.diff(np.append(starts, n))
+    return (np.arange(n) - np.repeat(starts, lengths)).astype(np.int32)
+
+
+PAIRS_SCHEMA: dict[str, pl.DataType] = {
+    "row_id": pl.String(),
+    "video_uid": pl.String(),
+    "position": pl.Int32(),
+    "user_raw": pl.String(),
+    "answer_raw": pl.String(),
+    "data_source": pl.String(),
+    "line": pl.Int64(),
+    "frames": pl.List(pl.String()),
+}
+
+
+def _pairs_frame(cols: _Pairs) -> pl.DataFrame:
+    """The raw turn pairs of the exact path as a PAIRS_SCHEMA frame."""
+    plain = {name: getattr(cols, name) for name in PAIRS_SCHEMA if name != "frames"}
+    frame = pl.DataFrame(plain, schema={k: v for k, v in PAIRS_SCHEMA.items() if k != "frames"})
+    return frame.with_columns(_list_column(cols.frames))
+
+
+def qa_frame(
+    pairs: pl.DataFrame, kind: str, source_file: str, mcq_on_raw: bool
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(QA rows, empty-text rejects) of a chunk's raw pairs; texts are cleaned vectorised."""
-    pairs = pl.DataFrame(
-        {
-            "row_id": cols.row_id,
-            "video_uid": cols.video_uid,
-            "position": cols.position,
-            "user_raw": cols.user_raw,
-            "answer_raw": cols.answer_raw,
-            "data_source": cols.data_source,
-            "line": cols.line,
-        },
-        schema={
-            "row_id": pl.String(),
-            "video_uid": pl.String(),
-            "position": pl.Int32(),
-            "user_raw": pl.String(),
-            "answer_raw": pl.String(),
-            "data_source": pl.String(),
-            "line": pl.Int64(),
-        },
-    ).with_columns(
-        _list_column(cols.frames),
+    """(QA rows, empty-text rejects) of raw turn pairs (PAIRS_SCHEMA); texts are cleaned vectorised."""
+    prefix = UID_PREFIX[kind]
+    pairs = pairs.with_columns(
         question=clean_question_expr("user_raw"),
         answer=collapse_ws_expr("answer_raw"),
     )
@@ -481,9 +497,10 @@ def _qa_frame(
             pl.when(pl.col("question") == "").then(pl.lit("question")).otherwise(pl.lit("answer")),
         ),
     )
-    qa = pairs.filter(~is_empty).with_columns(
+    qa = pairs.filter(~is_empty)
+    qa = qa.with_columns(
         # the turn index counts emitted pairs only, in row order
-        turn=pl.int_range(pl.len(), dtype=pl.Int32).over("line"),
+        turn=pl.Series(_rank_within_runs(qa["line"].to_numpy()), dtype=pl.Int32),
         n_frames=pl.col("frames").list.len().cast(pl.Int32),
         bucket=pl.lit(BUCKET_OF[kind], dtype=pl.String()),
         source_file=pl.lit(source_file, dtype=pl.String()),
@@ -573,15 +590,40 @@ def read_pool(
     video_frame_dir: Path | None = None,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
     workers: int | None = None,
+    fast: bool = True,
 ) -> PoolResult:
-    """Parse whole pool files (image pools first, then video pools) into one PoolResult."""
+    """Parse whole pool files (image pools first, then video pools) into one PoolResult.
+
+    fast: read .jsonl[.gz] files with DuckDB's JSON reader, rows of other shapes through the exact
+    parser (same result); otherwise, or for .json files, every row goes through the exact parser,
+    chunk by chunk on `workers` processes.
+    """
+    from gdo_core.pool_fast import parse_file_fast  # pool_fast builds on this module
+
     options = ParseOptions(target_frames, mcq_on_raw, media_root, video_frame_dir)
     files = pool_files(onevision, video)
+    # DuckDB and polars release the GIL, so files are read side by side on threads.
+    with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as threads:
+        fast_results = list(threads.map(lambda f: parse_file_fast(f, options) if fast else None, files))
+    qa, rejects = [], []
+    for pool, result in zip(files, fast_results):
+        if result is None:
+            result = _read_exact([pool], options, chunk_lines, _auto_workers([pool], workers))
+        qa.append(result.qa)
+        rejects.append(result.rejects)
+    return PoolResult(
+        pl.concat(qa) if qa else S.empty_frame(S.QA_SCHEMA),
+        pl.concat(rejects) if rejects else S.empty_frame(S.REJECT_SCHEMA),
+    )
+
+
+def _read_exact(files: list[PoolFile], options: ParseOptions, chunk_lines: int, workers: int) -> PoolResult:
+    """Every row of the files through the exact parser, chunk by chunk on `workers` processes."""
     jobs = (
         (records, pool, options) for pool in files for _, records in iter_line_chunks(pool.path, chunk_lines)
     )
     qa, rejects = [], []
-    for result in _map_ordered(parse_records, jobs, _auto_workers(files, workers)):
+    for result in _map_ordered(parse_records, jobs, workers):
         qa.append(result.qa)
         rejects.append(result.rejects)
     return PoolResult(

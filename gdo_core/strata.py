@@ -46,6 +46,11 @@ MCQ, OPEN = "MCQ", "Open"
 UNKNOWN_SOURCE = "unknown"
 SOURCE_GROUP_PARTS = 4
 
+# Only runs that change: 2+ whitespace characters, or one that is not a space (same result as \s+ -> " ").
+_WS_RUN_PATTERN = r"\s{2,}|[^\S ]"
+# Characters whose lower case holds an ASCII token character (KELVIN SIGN, I WITH DOT ABOVE).
+_LOWER_TO_ASCII_PATTERN = "[\u212a\u0130]"
+
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _TEMPORAL_RE = re.compile(TEMPORAL_PATTERN)
 _MCQ_RE = re.compile(MCQ_PATTERN)
@@ -136,27 +141,37 @@ def _edge_expr(col: pl.Expr, edges: tuple[tuple[int, str], ...], top: str) -> pl
 
 def collapse_ws_expr(col: str) -> pl.Expr:
     """Vectorised `collapse_ws` over a string column."""
-    return pl.col(col).str.replace_all(r"\s+", " ").str.strip_chars(" ")
+    return pl.col(col).str.replace_all(_WS_RUN_PATTERN, " ").str.strip_chars(" ")
 
 
 def clean_question_expr(col: str) -> pl.Expr:
     """Vectorised `clean_question` over a string column."""
     stripped = pl.col(col).str.replace_all(MEDIA_TOKEN_PATTERN, " ")
-    return stripped.str.replace_all(r"\s+", " ").str.strip_chars(" ")
+    return stripped.str.replace_all(_WS_RUN_PATTERN, " ").str.strip_chars(" ")
 
 
 def token_count_expr(col: str) -> pl.Expr:
     """Vectorised `count_tokens` over a string column."""
-    return pl.col(col).str.to_lowercase().str.count_matches(TOKEN_PATTERN).cast(pl.Int32)
+    text = pl.col(col)
+    # Lower-casing only changes the count for two characters; skip it (and its copy) elsewhere.
+    lowered = text.str.to_lowercase().str.count_matches(TOKEN_PATTERN)
+    counted = pl.when(text.str.contains(_LOWER_TO_ASCII_PATTERN)).then(lowered)
+    return counted.otherwise(text.str.count_matches(TOKEN_PATTERN)).cast(pl.Int32)
 
 
 def source_group_expr(col: str = "data_source") -> pl.Expr:
-    """Vectorised `source_group` over a string column."""
+    """Vectorised `source_group` over a string column (see `with_source_group` for many rows)."""
     source = pl.col(col).fill_null("").str.strip_chars()
     before_paren = source.str.split("(").list.first().str.strip_chars()
     first_parts = source.str.split("_").list.head(SOURCE_GROUP_PARTS).list.join("_")
     group = pl.when(source.str.contains("(", literal=True)).then(before_paren).otherwise(first_parts)
     return pl.when(group == "").then(pl.lit(UNKNOWN_SOURCE)).otherwise(group)
+
+
+def with_source_group(frame: pl.DataFrame, col: str = "data_source") -> pl.DataFrame:
+    """`source_group` added to a frame, computed once per distinct data_source."""
+    distinct = frame.select(pl.col(col).unique()).with_columns(source_group=source_group_expr(col))
+    return frame.join(distinct, on=col, how="left", nulls_equal=True, maintain_order="left")
 
 
 def with_stratum_fields(qa: pl.DataFrame, mcq_text_col: str = "user_text") -> pl.DataFrame:
@@ -179,9 +194,8 @@ def with_stratum_fields(qa: pl.DataFrame, mcq_text_col: str = "user_text") -> pl
         question_form=pl.when(pl.col(mcq_text_col).str.contains(MCQ_PATTERN))
         .then(pl.lit(MCQ))
         .otherwise(pl.lit(OPEN)),
-        source_group=source_group_expr("data_source"),
     )
-    out = out.with_columns(
+    out = with_source_group(out).with_columns(
         q_len_bucket=_edge_expr(pl.col("question_len"), Q_LEN_EDGES, Q_LEN_TOP),
         a_len_bucket=_edge_expr(pl.col("answer_len"), A_LEN_EDGES, A_LEN_TOP),
     )

@@ -193,6 +193,6 @@ def test_parallel_ingest_writes_the_same_files(tmp_path):
 def test_read_pool_in_worker_processes_equals_one_process(tmp_path):
     ov = _write(tmp_path / "ov.jsonl", _rows(IMAGE_ROWS * 3) + BAD_LINES)
     vv = _write(tmp_path / "vv.jsonl", _rows(VIDEO_ROWS * 3))
-    one = P.read_pool(ov, vv, chunk_lines=2, workers=1)
-    two = P.read_pool(ov, vv, chunk_lines=2, workers=2)
+    one = P.read_pool(ov, vv, chunk_lines=2, workers=1, fast=False)
+    two = P.read_pool(ov, vv, chunk_lines=2, workers=2, fast=False)
     assert one.qa.equals(two.qa) and one.rejects.equals(two.rejects)

@@ -1,0 +1,294 @@
+"""Fast path of pool parsing: DuckDB's JSON reader for rows of the common shape, the exact path for the rest.
+
+Every line is parsed by DuckDB once. A row takes the fast path when its JSON structure (key set
+and value types, from `json_structure`) is one the exact parser would read the same way: string
+`id`, `messages` or `conversations` as a list of objects with string-or-null role/from/content/value,
+`images` as a list of strings or `image` as a string, string-or-null `data_source` and `video_id`.
+Every other line (bad JSON, other types, typed content parts, video files, empty lists, ...) is
+handed, with its exact bytes and line number, to `pool.parse_records`, so results and rejects are
+the same as the exact path's; tests/test_pool_fast.py checks that on a pool of odd rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from gdo_core import schema as S
+from gdo_core.pool import (
+    ASSISTANT_ROLES,
+    PAIRS_SCHEMA,
+    USER_ROLES,
+    ParseOptions,
+    PoolFile,
+    PoolResult,
+    _is_json_array_file,
+    _open_binary,
+    iter_lines,
+    parse_records,
+    qa_frame,
+)
+
+BATCH_ROWS = 20_000
+_BLOCK_BYTES = 16 * 2**20
+_MESSAGE = {"role": "VARCHAR", "from": "VARCHAR", "content": "VARCHAR", "value": "VARCHAR"}
+_TRANSFORM = json.dumps(
+    {
+        "id": "VARCHAR",
+        "data_source": "VARCHAR",
+        "video_id": "VARCHAR",
+        "images": ["VARCHAR"],
+        "image": "VARCHAR",
+        "messages": [_MESSAGE],
+        "conversations": [_MESSAGE],
+    }
+)
+_TEXT_OR_NULL = ("VARCHAR", "NULL")
+# bytes.strip() whitespace: a line of only these is blank for the exact path (and skipped by DuckDB).
+_SPACE_BYTES = np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)
+# Relative paths that pathlib would rewrite when joined ("a//b", "./a", "a/./b", "a/").
+_DOT_PART = r"(^|/)\.(/|$)"
+
+
+@functools.lru_cache(maxsize=256)
+def fast_messages_key(structure: str | None, kind: str) -> str | None:
+    """'messages' or 'conversations' when rows of this json_structure read the same on the fast path, else None."""
+    if structure is None:
+        return None
+    shape = json.loads(structure)
+    if not isinstance(shape, dict) or shape.get("id") != "VARCHAR":
+        return None
+    key = "messages" if "messages" in shape else "conversations"
+    messages = shape.get(key)
+    if not (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)):
+        return None
+    if any(messages[0].get(k, "NULL") not in _TEXT_OR_NULL for k in _MESSAGE):
+        return None
+    images, image = shape.get("images", "NULL"), shape.get("image", "NULL")
+    if images != ["VARCHAR"] and not (images == "NULL" and image == "VARCHAR"):
+        return None
+    if shape.get("data_source", "NULL") not in _TEXT_OR_NULL:
+        return None
+    if kind == "video" and shape.get("video_id", "NULL") not in _TEXT_OR_NULL:
+        return None
+    return key
+
+
+def nonblank_line_numbers(path: Path) -> np.ndarray:
+    """1-based numbers of the lines that are not blank (whitespace only), read in blocks."""
+    numbers: list[np.ndarray] = []
+    base, tail = 0, b""
+    with _open_binary(path) as fh:
+        while True:
+            block = fh.read(_BLOCK_BYTES)
+            data = tail + block
+            if not block:
+                if data.strip():  # a last line without a newline
+                    numbers.append(np.array([base + 1], dtype=np.int64))
+                break
+            cut = data.rfind(b"\n") + 1
+            whole, tail = data[:cut], data[cut:]
+            buffer = np.frombuffer(whole, dtype=np.uint8)
+            ends = np.flatnonzero(buffer == ord("\n"))
+            if not ends.size:
+                continue
+            starts = np.concatenate(([0], ends[:-1] + 1))
+            # A blank line starts with whitespace (or is empty): check only those.
+            maybe = np.flatnonzero(np.isin(buffer[starts], _SPACE_BYTES))
+            blank = [i for i in maybe.tolist() if not whole[starts[i] : ends[i]].strip()]
+            n = ends.size
+            numbers.append(np.delete(np.arange(base + 1, base + n + 1, dtype=np.int64), blank))
+            base += n
+    return np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
+
+
+def _sql(path: Path, kind: str, target_frames: int) -> str:
+    """The DuckDB query: per line, its structure and the fields the fast path reads, frames resampled."""
+    src = str(path).replace("'", "''")
+    if kind == "onevision":
+        kept = "media[1:1]"
+    elif target_frames <= 1:
+        kept = "CASE WHEN len(media) <= 1 THEN media ELSE media[1:1] END"
+    else:
+        t = target_frames
+        kept = (
+            f"CASE WHEN len(media) <= {t} THEN media ELSE list_transform(range({t}), "
+            f"lambda i: media[round_even(i * (len(media) - 1) / {t - 1}, 0)::BIGINT + 1]) END"
+        )
+    return f"""
+        WITH src AS (
+            SELECT json_structure(json)::VARCHAR AS shape, json_transform(json, '{_TRANSFORM}') AS x
+            FROM read_json('{src}', columns={{json: 'JSON'}}, records=false,
+                           format='newline_delimited', ignore_errors=true)
+        ), fields AS (
+            SELECT shape, x.id AS row_id, x.data_source, x.video_id, x.messages, x.conversations,
+                   CASE WHEN x.images IS NOT NULL THEN x.images
+                        WHEN x.image <> '' THEN [x.image] END AS media
+            FROM src
+        )
+        SELECT shape, row_id, data_source, video_id, messages, conversations, {kept} AS frames
+        FROM fields
+    """
+
+
+def _resolve_expr(media_root: Path | None) -> pl.Expr:
+    """Frames joined to media_root like `pool._resolve` (str(root / p)); odd relative paths go through pathlib."""
+    frames = pl.col("frames")
+    if media_root is None:
+        return frames
+    root = str(media_root)
+
+    def one(p: str) -> str:
+        return p if os.path.isabs(p) else str(media_root / p)
+
+    joined = pl.element().map_elements(one, return_dtype=pl.String)
+    path = pl.element()
+    odd = (
+        path.str.contains("//", literal=True)
+        | path.str.contains(_DOT_PART)
+        | path.str.ends_with("/")
+        | (path.str.len_bytes() == 0)
+    )
+    prefix = root if root.endswith("/") else root + "/"
+    return frames.list.eval(
+        pl.when(pl.element().str.starts_with("/"))
+        .then(pl.element())
+        .when(~odd)
+        .then(pl.lit(prefix) + pl.element())
+        .otherwise(joined)
+    )
+
+
+def _pairs_of_batch(batch: pl.DataFrame, kind: str) -> tuple[pl.DataFrame, np.ndarray]:
+    """(PAIRS_SCHEMA rows of the batch's fast rows, lines of fast rows that gave no pair)."""
+    batch = batch.with_columns(
+        msgs=pl.when(pl.col("key") == "messages")
+        .then(pl.col("messages"))
+        .otherwise(pl.col("conversations"))
+    ).with_row_index("fi")
+    msgs = batch.select("fi", "msgs").explode("msgs").unnest("msgs")
+    role = pl.coalesce("role", "from").str.to_lowercase()
+    msgs = msgs.select(
+        "fi",
+        is_user=role.is_in(list(USER_ROLES)),
+        is_assistant=role.is_in(list(ASSISTANT_ROLES)),
+        text=pl.coalesce("content", "value", pl.lit("")),
+    ).filter(pl.col("is_user") | pl.col("is_assistant"))
+    pairs = msgs.with_columns(
+        user_raw=pl.col("text").shift(1),
+        paired=pl.col("is_assistant")
+        & pl.col("is_user").shift(1, fill_value=False)
+        & (pl.col("fi").shift(1) == pl.col("fi")),
+    ).filter(pl.col("paired"))
+    pairs = pairs.select(
+        "fi",
+        position=pl.int_range(pl.len(), dtype=pl.Int32).over("fi"),
+        user_raw="user_raw",
+        answer_raw="text",
+    )
+    has_pair = np.zeros(batch.height, dtype=bool)
+    has_pair[pairs["fi"].to_numpy()] = True
+    rows = batch.select(
+        row_id=pl.col("row_id"),
+        video_uid=(
+            pl.when(pl.col("video_id").is_null() | (pl.col("video_id") == ""))
+            .then(pl.col("row_id"))
+            .otherwise(pl.col("video_id"))
+            if kind == "video"
+            else pl.lit(None, dtype=pl.String)
+        ),
+        data_source=pl.col("data_source").fill_null(""),
+        line=pl.col("line"),
+        frames=pl.col("frames"),
+    )
+    idx = pairs["fi"]
+    out = pl.concat([rows[idx], pairs.drop("fi")], how="horizontal").select(list(PAIRS_SCHEMA))
+    return out, batch["line"].to_numpy()[~has_pair]
+
+
+def _records_of_lines(path: Path, lines: np.ndarray) -> list[tuple[int, bytes]]:
+    """(line number, raw bytes) of the given lines, in file order."""
+    if not lines.size:
+        return []
+    wanted = set(lines.tolist())
+    last = int(lines.max())
+    out = []
+    for number, raw in iter_lines(path):
+        if number in wanted:
+            out.append((number, raw))
+        if number >= last:
+            break
+    return out
+
+
+def _with_fast_key(batch: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """The batch with `key`: the messages key of rows that take the fast path, null for the others."""
+    shapes = batch["shape"].unique().to_list()
+    keys = {shape: fast_messages_key(shape, kind) for shape in shapes if shape is not None}
+    key = pl.col("shape").replace_strict(keys, default=None, return_dtype=pl.String)
+    usable = (
+        (pl.col("row_id") != "")
+        & pl.col("frames").is_not_null()
+        & (pl.col("frames").list.len() > 0)
+        & (pl.col("frames").list.count_matches(None) == 0)
+    ).fill_null(False)
+    return batch.with_columns(key=pl.when(usable).then(key))
+
+
+def parse_file_fast(
+    pool: PoolFile, options: ParseOptions | None = None, *, threads: int | None = None
+) -> PoolResult | None:
+    """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path."""
+    options = options or ParseOptions()
+    path = Path(pool.path)
+    if _is_json_array_file(path):
+        return None
+    lines = nonblank_line_numbers(path)
+    qa_parts: list[pl.DataFrame] = []
+    reject_parts: list[pl.DataFrame] = []
+    slow: list[np.ndarray] = []
+    con = duckdb.connect()
+    try:
+        con.execute("SET enable_progress_bar = false")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        reader = con.sql(_sql(path, pool.kind, options.target_frames)).to_arrow_reader(BATCH_ROWS)
+        seen = 0
+        for record_batch in reader:
+            batch = pl.from_arrow(record_batch)
+            assert isinstance(batch, pl.DataFrame)
+            n = batch.height
+            if seen + n > lines.size:
+                return None  # DuckDB saw more records than there are lines
+            batch = batch.with_columns(line=pl.Series(lines[seen : seen + n]))
+            seen += n
+            batch = _with_fast_key(batch, pool.kind)
+            slow.append(batch.filter(pl.col("key").is_null())["line"].to_numpy())
+            pairs, no_pair = _pairs_of_batch(batch.filter(pl.col("key").is_not_null()), pool.kind)
+            del batch
+            slow.append(no_pair)
+            if options.media_root is not None:
+                pairs = pairs.with_columns(_resolve_expr(options.media_root).alias("frames"))
+            qa, empty = qa_frame(pairs, pool.kind, str(path), options.mcq_on_raw)
+            qa_parts.append(qa)
+            reject_parts.append(empty)
+        if seen != lines.size:
+            return None  # DuckDB skipped or merged lines: line numbers would not line up
+    finally:
+        con.close()
+    slow_lines = np.sort(np.concatenate(slow)) if slow else np.zeros(0, dtype=np.int64)
+    if slow_lines.size:
+        exact = parse_records(_records_of_lines(path, slow_lines), pool, options)
+        qa_parts.append(exact.qa)
+        reject_parts.append(exact.rejects)
+    qa = pl.concat(qa_parts) if qa_parts else S.empty_frame(S.QA_SCHEMA)
+    rejects = pl.concat(reject_parts) if reject_parts else S.empty_frame(S.REJECT_SCHEMA)
+    if slow_lines.size:
+        qa = qa.sort("line", maintain_order=True)
+    return PoolResult(qa, rejects.sort("line", maintain_order=True))

@@ -1,0 +1,271 @@
+"""The DuckDB fast path of pool parsing gives exactly what the exact parser gives, odd rows included."""
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gdo_core import pool as P
+from gdo_core.pool_fast import fast_messages_key, nonblank_line_numbers, parse_file_fast
+
+
+def _msgs(*texts, keys=("role", "content"), roles=("user", "assistant")):
+    return [{keys[0]: roles[i % 2], keys[1]: t} for i, t in enumerate(texts)]
+
+
+def _frames(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}/{i:04d}.jpg" for i in range(n)]
+
+
+# Rows the fast path takes, and rows it must hand to the exact parser; both kinds mixed in one file.
+COMMON = [
+    {
+        "id": "c1",
+        "images": ["a.jpg"],
+        "data_source": "GEOS(MathV360K)",
+        "messages": _msgs("<image>\nWhich?\nA. x\nB. y", "A", "Why  so?\t", "because"),
+    },
+    {
+        "id": "c2",
+        "image": "b.jpg",
+        "conversations": _msgs(
+            "<image>\n Describe.", "A dog.", keys=("from", "value"), roles=("human", "gpt")
+        ),
+    },
+    {
+        "id": "c3",
+        "images": ["c.jpg", "d.jpg"],
+        "data_source": None,
+        "messages": [{"role": "system", "content": "s"}]
+        + _msgs("q1", "a1")
+        + [{"role": "user", "content": "dangling"}],
+    },
+    {
+        "id": "c4",
+        "images": ["e.jpg"],
+        "messages": _msgs("<image>", "empty question", "Choices: 1, 2", "1"),
+    },
+    {
+        "id": "c5",
+        "images": ["f.jpg"],
+        "messages": [
+            {"role": "USER", "content": "Q?"},
+            {"role": "Assistant", "content": "A."},
+            {"role": "assistant", "content": "again"},
+        ],
+    },
+    {
+        "id": "c6",
+        "images": ["g.jpg"],
+        "messages": [
+            {"role": "user", "content": None, "value": "from value"},
+            {"role": None, "from": "gpt", "content": "ok"},
+        ],
+    },
+    {
+        "id": "c7",
+        "images": ["h.jpg"],
+        "extra": {"nested": [1, 2]},
+        "video_id": 12,
+        "messages": _msgs("Q \u00e9t\u00e9 \u212a", "A \U0001f600 caf\u00e9"),
+    },
+    {
+        "id": "c8",
+        "images": None,
+        "image": "i.jpg",
+        "messages": _msgs("q", "a"),
+        "data_source": "x_y_z_w_v",
+    },
+    {"id": "c9", "images": ["j.jpg", None], "messages": _msgs("q", "a")},
+]
+ODD = [
+    {"id": 5, "images": ["a.jpg"], "messages": _msgs("int id", "a")},
+    {"id": "", "images": ["a.jpg"], "messages": _msgs("empty id", "a")},
+    {"id": True, "images": ["a.jpg"], "messages": _msgs("bool id", "a")},
+    {
+        "id": "o1",
+        "images": ["a.jpg"],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "parts"}]},
+            {"role": "assistant", "content": "a"},
+        ],
+    },
+    {"id": "o2", "images": ["a.jpg"], "messages": _msgs("q", 7)},
+    {"id": "o3", "images": "single.jpg", "messages": _msgs("string images", "a")},
+    {"id": "o4", "images": [], "messages": _msgs("q", "a")},
+    {"id": "o5", "images": [None], "messages": _msgs("q", "a")},
+    {"id": "o6", "image": "", "messages": _msgs("q", "a")},
+    {"id": "o7", "images": ["a.jpg"], "messages": []},
+    {"id": "o8", "images": ["a.jpg"], "messages": None, "conversations": _msgs("q", "a")},
+    {"id": "o9", "images": ["a.jpg"]},
+    {"id": "o10", "images": ["a.jpg"], "messages": ["not an object"]},
+    {"id": "o11", "images": ["a.jpg"], "messages": _msgs("q", "a"), "data_source": 3},
+    {"id": "o12", "images": ["a.jpg", 4], "messages": _msgs("q", "a")},
+    {"id": "o13", "images": ["a.jpg"], "messages": [{"role": "user", "content": "q"}]},
+    {
+        "id": "o14",
+        "images": ["a.jpg"],
+        "messages": [{"role": 1, "content": "q"}, {"role": "assistant", "content": "a"}],
+    },
+]
+RAW_ODD = [
+    "{not json",
+    "[1, 2]",
+    "null",
+    '"text"',
+    '{"id": "d1"}{"id": "d2"}',
+    "   ",
+    "",
+    '{"id": "u1", "images": ["a.jpg"], "messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]}',
+]
+
+
+def _video_rows(rng: random.Random, n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        row = {
+            "id": f"v{i}",
+            "images": _frames(f"vid{i // 2}", rng.choice([1, 5, 31, 32, 33, 64, 100, 181])),
+            "data_source": rng.choice(["0_30_s_academic_v0_1", "llava_hound_255k", None]),
+            "messages": _msgs(
+                "<video>\nWhat happens after it falls?", "It rolls.", "How many?", "2"
+            ),
+        }
+        if i % 3:
+            row["video_id"] = rng.choice([f"clip{i // 2}", "", None])
+        rows.append(row)
+    return rows
+
+
+def _lines(rows: list[dict], rng: random.Random, raw: list[str] = ()) -> list[str]:
+    lines = [json.dumps(r, ensure_ascii=bool(i % 2)) for i, r in enumerate(rows)]
+    for text in raw:
+        lines.insert(rng.randrange(len(lines) + 1), text)
+    return lines
+
+
+def _write(path: Path, lines: list[str], newline: str = "\n", trailing: bool = True) -> Path:
+    data = newline.join(lines) + (newline if trailing else "")
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(data.encode("utf-8")))
+    else:
+        path.write_bytes(data.encode("utf-8"))
+    return path
+
+
+def _assert_same(path: Path, kind: str, **options) -> P.PoolResult:
+    opts = P.ParseOptions(**options)
+    pool = P.PoolFile(path, kind)
+    fast = parse_file_fast(pool, opts)
+    assert fast is not None, "the fast path declined a .jsonl file"
+    exact = P.parse_records(list(P.iter_lines(path)), pool, opts)
+    assert fast.qa.schema == exact.qa.schema
+    assert fast.qa.equals(exact.qa)
+    assert fast.rejects.equals(exact.rejects)
+    return fast
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_image_pool_with_odd_rows_matches_the_exact_parser(tmp_path, suffix, newline):
+    rng = random.Random(3)
+    lines = _lines(COMMON * 3 + ODD, rng, RAW_ODD)
+    result = _assert_same(_write(tmp_path / f"ov{suffix}", lines, newline), "onevision")
+    assert result.qa.height > 20 and result.rejects.height >= len(ODD)
+
+
+@pytest.mark.parametrize("target", [1, 8, 32])
+@pytest.mark.parametrize("mcq_on_raw", [True, False])
+def test_video_pool_resampling_and_modes_match_the_exact_parser(tmp_path, target, mcq_on_raw):
+    rng = random.Random(target)
+    lines = _lines(_video_rows(rng, 40) + ODD[:4], rng, RAW_ODD[:3])
+    _assert_same(
+        _write(tmp_path / "vv.jsonl", lines, trailing=False),
+        "video",
+        target_frames=target,
+        mcq_on_raw=mcq_on_raw,
+    )
+
+
+def test_media_root_resolution_matches_pathlib(tmp_path):
+    rows = [
+        {"id": f"m{i}", "images": [p], "messages": _msgs("q", "a")}
+        for i, p in enumerate(
+            ["a.jpg", "/abs/b.jpg", "./c.jpg", "d//e.jpg", "f/./g.jpg", "h/", "i/../j.jpg"]
+        )
+    ]
+    path = _write(tmp_path / "ov.jsonl", _lines(rows, random.Random(0)))
+    result = _assert_same(path, "onevision", media_root=Path("/media/root"))
+    assert result.qa["frames"].to_list()[0] == ["/media/root/a.jpg"]
+
+
+def test_read_pool_fast_and_exact_agree_on_both_files(tmp_path):
+    rng = random.Random(9)
+    ov = _write(tmp_path / "ov.jsonl", _lines(COMMON + ODD, rng, RAW_ODD))
+    vv = _write(tmp_path / "vv.jsonl.gz", _lines(_video_rows(rng, 20), rng, RAW_ODD[:2]))
+    fast = P.read_pool(ov, vv)
+    exact = P.read_pool(ov, vv, fast=False, workers=1)
+    assert fast.qa.equals(exact.qa) and fast.rejects.equals(exact.rejects)
+
+
+def test_resampled_indices_match_pythons_round(tmp_path):
+    """DuckDB's round_even picks the same frames as Python's round for every length up to 400."""
+    counts = list(range(1, 401))
+    rows = [{"id": f"v{n}", "images": _frames("f", n), "messages": _msgs("q", "a")} for n in counts]
+    path = _write(tmp_path / "vv.jsonl", [json.dumps(r) for r in rows])
+    for target in (2, 3, 7, 16, 32, 64):
+        result = parse_file_fast(P.PoolFile(path, "video"), P.ParseOptions(target_frames=target))
+        got = [[int(f[2:6]) for f in frames] for frames in result.qa["frames"].to_list()]
+        assert got == [P.resample_indices(n, target) for n in counts]
+
+
+def test_nonblank_line_numbers_skip_whitespace_lines(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a":1}\n\n  \t\n{"b":2}\r\n \r\n{"c":3}')
+    assert nonblank_line_numbers(path).tolist() == [1, 4, 6]
+    path.write_bytes(b"")
+    assert nonblank_line_numbers(path).size == 0
+    big = tmp_path / "big.jsonl"
+    lines = [("" if i % 97 == 0 else f'{{"i": {i}}}') for i in range(300_000)]
+    big.write_text("\n".join(lines) + "\n")
+    expected = np.array([i + 1 for i, line in enumerate(lines) if line])
+    assert np.array_equal(nonblank_line_numbers(big), expected)
+
+
+def test_fast_key_accepts_only_shapes_the_exact_parser_reads_alike():
+    ok = {
+        "id": "VARCHAR",
+        "images": ["VARCHAR"],
+        "messages": [{"role": "VARCHAR", "content": "VARCHAR"}],
+    }
+    assert fast_messages_key(json.dumps(ok), "onevision") == "messages"
+    conv = {
+        "id": "VARCHAR",
+        "image": "VARCHAR",
+        "conversations": [{"from": "VARCHAR", "value": "NULL"}],
+    }
+    assert fast_messages_key(json.dumps(conv), "video") == "conversations"
+    for change in (
+        {"id": "BIGINT"},
+        {"images": "VARCHAR"},
+        {"messages": "NULL"},
+        {"messages": [{"role": "VARCHAR", "content": "JSON"}]},
+        {"data_source": "DOUBLE"},
+        {"messages": ["VARCHAR"]},
+    ):
+        assert fast_messages_key(json.dumps({**ok, **change}), "onevision") is None
+    assert fast_messages_key(json.dumps({**ok, "video_id": "BIGINT"}), "onevision") == "messages"
+    assert fast_messages_key(json.dumps({**ok, "video_id": "BIGINT"}), "video") is None
+    assert fast_messages_key('"VARCHAR"', "onevision") is None
+
+
+def test_json_array_files_take_the_exact_path(tmp_path):
+    path = tmp_path / "ov.json"
+    path.write_text(json.dumps(COMMON))
+    assert parse_file_fast(P.PoolFile(path, "onevision")) is None
+    result = P.read_pool(path, None)
+    assert result.qa.height > 0 and isinstance(result.qa, pl.DataFrame)
