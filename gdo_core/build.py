@@ -29,6 +29,7 @@ from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
 from gdo_core.select import (
     ExcludeMode,
+    Mode,
     SelectionResult,
     SelectOptions,
     load_exclusion_reference,
@@ -351,6 +352,22 @@ def members_table(profile: str, result: SelectionResult) -> pl.DataFrame:
     return pl.concat(parts)
 
 
+def _output_rows(
+    result: SelectionResult,
+    rows: Sequence[int],
+    stages: Sequence[str] | None,
+    mode: Mode,
+    row_frames: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """SFT rows of the selected QA rows, their frame lists joined from row_frames when given."""
+    if row_frames is None:
+        return sft_rows(result.qa, result.scores, rows, stages, mode=mode)
+    idx = pl.Series(np.asarray(rows, dtype=np.int64))
+    keys = ["source_file", "line"]
+    selected = result.qa[idx].join(row_frames, on=keys, how="left", maintain_order="left")
+    return sft_rows(selected, result.scores[idx], range(len(rows)), stages, mode=mode)
+
+
 def build_from_pool(
     qa: pl.DataFrame,
     profile: GoalProfile | str | Path,
@@ -369,8 +386,13 @@ def build_from_pool(
     pool_info: dict[str, Any] | None = None,
     progress: bool = False,
     profiles_dir: Path | str | None = None,
+    row_frames: pl.DataFrame | None = None,
 ) -> BuildResult:
-    """Select and write both subsets from an already parsed QA table (QA_SCHEMA, scan order)."""
+    """Select and write both subsets from an already parsed QA table (QA_SCHEMA, scan order).
+
+    row_frames: frame lists per (source_file, line) when `qa` has no `frames` column
+    (`read_pool(row_frames=True)`); only the selected rows get theirs.
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ablations = ablations or Ablations()
@@ -431,8 +453,8 @@ def build_from_pool(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gdo_name, uni_name = output_names(frames)
-    gdo_rows = sft_rows(result.qa, result.scores, result.gdo.rows, result.gdo.stages, mode=mode)
-    uni_rows = sft_rows(result.qa, result.scores, result.uni_rows, None, mode=mode)
+    gdo_rows = _output_rows(result, result.gdo.rows, result.gdo.stages, mode, row_frames)
+    uni_rows = _output_rows(result, result.uni_rows, None, mode, row_frames)
     with ThreadPoolExecutor(2) as writers:
         done = [
             writers.submit(_write_ndjson_atomic, gdo_rows, out / gdo_name),
@@ -525,6 +547,7 @@ def build_subsets(
             target_frames=frames,
             mcq_on_raw=(compat is None),
             media_root=Path(media_root) if media_root is not None else None,
+            row_frames=True,
         )
         metrics_table = pending.result() if pending is not None else None
     read_s = time.perf_counter() - t0
@@ -557,6 +580,7 @@ def build_subsets(
         pool_info=pool_info,
         progress=progress,
         profiles_dir=profiles_dir,
+        row_frames=pool.frames,
     )
     result.timings = {"read_pool": read_s, **{k: v + read_s for k, v in result.timings.items()}}
     return result

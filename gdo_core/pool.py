@@ -58,10 +58,15 @@ class PoolError(Exception):
 
 @dataclass
 class PoolResult:
-    """QA rows and rejects of one pool, chunk or file."""
+    """QA rows and rejects of one pool, chunk or file.
+
+    With row frames (`read_pool(row_frames=True)`) `qa` has no `frames` column; `frames` holds the
+    frame list once per input line (source_file, line, frames) instead of once per QA.
+    """
 
     qa: pl.DataFrame
     rejects: pl.DataFrame
+    frames: pl.DataFrame | None = None
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -479,7 +484,10 @@ def _pairs_frame(cols: _Pairs) -> pl.DataFrame:
 def qa_frame(
     pairs: pl.DataFrame, kind: str, source_file: str, mcq_on_raw: bool
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(QA rows, empty-text rejects) of raw turn pairs (PAIRS_SCHEMA); texts are cleaned vectorised."""
+    """(QA rows, empty-text rejects) of raw turn pairs (PAIRS_SCHEMA); texts are cleaned vectorised.
+
+    Pairs may carry `n_frames` instead of `frames`; the QA rows then have no `frames` column.
+    """
     prefix = UID_PREFIX[kind]
     pairs = pairs.with_columns(
         question=clean_question_expr("user_raw"),
@@ -501,7 +509,9 @@ def qa_frame(
     qa = qa.with_columns(
         # the turn index counts emitted pairs only, in row order
         turn=pl.Series(_rank_within_runs(qa["line"].to_numpy()), dtype=pl.Int32),
-        n_frames=pl.col("frames").list.len().cast(pl.Int32),
+        n_frames=(
+            pl.col("frames").list.len() if "frames" in pairs.columns else pl.col("n_frames")
+        ).cast(pl.Int32),
         bucket=pl.lit(BUCKET_OF[kind], dtype=pl.String()),
         source_file=pl.lit(source_file, dtype=pl.String()),
     )
@@ -510,7 +520,8 @@ def qa_frame(
         user_text=pl.col("user_raw") if mcq_on_raw else pl.col("question"),
     )
     qa = with_stratum_fields(qa, mcq_text_col="user_text")
-    return qa.select([pl.col(c).cast(t) for c, t in S.QA_SCHEMA.items()]), empty
+    columns = [pl.col(c).cast(t) for c, t in S.QA_SCHEMA.items() if c in qa.columns or c != "frames"]
+    return qa.select(columns), empty
 
 
 # ---- whole files --------------------------------------------------------------------------
@@ -591,12 +602,14 @@ def read_pool(
     chunk_lines: int = DEFAULT_CHUNK_LINES,
     workers: int | None = None,
     fast: bool = True,
+    row_frames: bool = False,
 ) -> PoolResult:
     """Parse whole pool files (image pools first, then video pools) into one PoolResult.
 
     fast: read .jsonl[.gz] files with DuckDB's JSON reader, rows of other shapes through the exact
     parser (same result); otherwise, or for .json files, every row goes through the exact parser,
-    chunk by chunk on `workers` processes.
+    chunk by chunk on `workers` processes. row_frames: frame lists once per line in
+    `PoolResult.frames`, not once per QA (what `gdo build` keeps in memory).
     """
     from gdo_core.pool_fast import parse_file_fast  # pool_fast builds on this module
 
@@ -604,17 +617,42 @@ def read_pool(
     files = pool_files(onevision, video)
     # DuckDB and polars release the GIL, so files are read side by side on threads.
     with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as threads:
-        fast_results = list(threads.map(lambda f: parse_file_fast(f, options) if fast else None, files))
-    qa, rejects = [], []
+        fast_results = list(
+            threads.map(
+                lambda f: parse_file_fast(f, options, threads=1, row_frames=row_frames)
+                if fast
+                else None,
+                files,
+            )
+        )
+    qa, rejects, frames = [], [], []
     for pool, result in zip(files, fast_results):
         if result is None:
             result = _read_exact([pool], options, chunk_lines, _auto_workers([pool], workers))
+            if row_frames:
+                result = split_row_frames(result)
         qa.append(result.qa)
         rejects.append(result.rejects)
+        frames.append(result.frames)
     return PoolResult(
         pl.concat(qa) if qa else S.empty_frame(S.QA_SCHEMA),
         pl.concat(rejects) if rejects else S.empty_frame(S.REJECT_SCHEMA),
+        pl.concat(frames) if row_frames and frames else None,
     )
+
+
+ROW_FRAMES_SCHEMA: dict[str, pl.DataType] = {
+    "source_file": pl.String(),
+    "line": pl.Int64(),
+    "frames": pl.List(pl.String()),
+}
+
+
+def split_row_frames(result: PoolResult) -> PoolResult:
+    """The result with frame lists moved from every QA to one row per (source_file, line)."""
+    keys = ["source_file", "line"]
+    frames = result.qa.select(*keys, "frames").unique(keys, keep="first", maintain_order=True)
+    return PoolResult(result.qa.drop("frames"), result.rejects, frames)
 
 
 def _read_exact(files: list[PoolFile], options: ParseOptions, chunk_lines: int, workers: int) -> PoolResult:

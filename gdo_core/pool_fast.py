@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -24,6 +25,7 @@ from gdo_core import schema as S
 from gdo_core.pool import (
     ASSISTANT_ROLES,
     PAIRS_SCHEMA,
+    ROW_FRAMES_SCHEMA,
     USER_ROLES,
     ParseOptions,
     PoolFile,
@@ -33,6 +35,7 @@ from gdo_core.pool import (
     iter_lines,
     parse_records,
     qa_frame,
+    split_row_frames,
 )
 
 BATCH_ROWS = 20_000
@@ -52,6 +55,8 @@ _TRANSFORM = json.dumps(
 _TEXT_OR_NULL = ("VARCHAR", "NULL")
 # bytes.strip() whitespace: a line of only these is blank for the exact path (and skipped by DuckDB).
 _SPACE_BYTES = np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)
+_SPACE_START = {bytes([b]) for b in b" \t\r\n\x0b\x0c"}
+_SPACE_AFTER_NEWLINE = re.compile(rb"\n[ \t\r\n\x0b\x0c]")
 # Relative paths that pathlib would rewrite when joined ("a//b", "./a", "a/./b", "a/").
 _DOT_PART = r"(^|/)\.(/|$)"
 
@@ -87,25 +92,30 @@ def nonblank_line_numbers(path: Path) -> np.ndarray:
     with _open_binary(path) as fh:
         while True:
             block = fh.read(_BLOCK_BYTES)
-            data = tail + block
+            data = tail + block if tail else block
             if not block:
                 if data.strip():  # a last line without a newline
                     numbers.append(np.array([base + 1], dtype=np.int64))
                 break
             cut = data.rfind(b"\n") + 1
-            whole, tail = data[:cut], data[cut:]
-            buffer = np.frombuffer(whole, dtype=np.uint8)
-            ends = np.flatnonzero(buffer == ord("\n"))
-            if not ends.size:
-                continue
-            starts = np.concatenate(([0], ends[:-1] + 1))
-            # A blank line starts with whitespace (or is empty): check only those.
-            maybe = np.flatnonzero(np.isin(buffer[starts], _SPACE_BYTES))
-            blank = [i for i in maybe.tolist() if not whole[starts[i] : ends[i]].strip()]
-            n = ends.size
-            numbers.append(np.delete(np.arange(base + 1, base + n + 1, dtype=np.int64), blank))
+            tail = data[cut:]
+            n = data.count(b"\n", 0, cut)
+            lines = np.arange(base + 1, base + n + 1, dtype=np.int64)
+            # Blank lines are rare: only a block with a line starting in whitespace is looked at closely.
+            if n and (data[:1] in _SPACE_START or _SPACE_AFTER_NEWLINE.search(data, 0, cut - 1)):
+                lines = np.delete(lines, _blank_line_indices(data[:cut]))
+            numbers.append(lines)
             base += n
     return np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
+
+
+def _blank_line_indices(whole: bytes) -> list[int]:
+    """0-based indices of the whitespace-only lines among the newline-terminated lines of `whole`."""
+    buffer = np.frombuffer(whole, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == ord("\n"))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    maybe = np.flatnonzero(np.isin(buffer[starts], _SPACE_BYTES))
+    return [i for i in maybe.tolist() if not whole[starts[i] : ends[i]].strip()]
 
 
 def _sql(path: Path, kind: str, target_frames: int) -> str:
@@ -165,8 +175,13 @@ def _resolve_expr(media_root: Path | None) -> pl.Expr:
     )
 
 
-def _pairs_of_batch(batch: pl.DataFrame, kind: str) -> tuple[pl.DataFrame, np.ndarray]:
-    """(PAIRS_SCHEMA rows of the batch's fast rows, lines of fast rows that gave no pair)."""
+def _pairs_of_batch(
+    batch: pl.DataFrame, kind: str, row_frames: bool
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """(PAIRS_SCHEMA rows of the batch's fast rows, lines of fast rows that gave no pair).
+
+    row_frames: the pairs carry `n_frames` instead of the frame list.
+    """
     batch = batch.with_columns(
         msgs=pl.when(pl.col("key") == "messages")
         .then(pl.col("messages"))
@@ -205,10 +220,12 @@ def _pairs_of_batch(batch: pl.DataFrame, kind: str) -> tuple[pl.DataFrame, np.nd
         ),
         data_source=pl.col("data_source").fill_null(""),
         line=pl.col("line"),
-        frames=pl.col("frames"),
+        **({"n_frames": pl.col("frames").list.len()} if row_frames else {"frames": pl.col("frames")}),
     )
     idx = pairs["fi"]
-    out = pl.concat([rows[idx], pairs.drop("fi")], how="horizontal").select(list(PAIRS_SCHEMA))
+    out = pl.concat([rows[idx], pairs.drop("fi")], how="horizontal")
+    columns = [c for c in PAIRS_SCHEMA if c != "frames"] + ["n_frames" if row_frames else "frames"]
+    out = out.select(columns)
     return out, batch["line"].to_numpy()[~has_pair]
 
 
@@ -242,9 +259,16 @@ def _with_fast_key(batch: pl.DataFrame, kind: str) -> pl.DataFrame:
 
 
 def parse_file_fast(
-    pool: PoolFile, options: ParseOptions | None = None, *, threads: int | None = None
+    pool: PoolFile,
+    options: ParseOptions | None = None,
+    *,
+    threads: int | None = None,
+    row_frames: bool = False,
 ) -> PoolResult | None:
-    """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path."""
+    """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
+
+    threads: DuckDB threads (default: all cores). row_frames: see `pool.read_pool`.
+    """
     options = options or ParseOptions()
     path = Path(pool.path)
     if _is_json_array_file(path):
@@ -252,6 +276,7 @@ def parse_file_fast(
     lines = nonblank_line_numbers(path)
     qa_parts: list[pl.DataFrame] = []
     reject_parts: list[pl.DataFrame] = []
+    frame_parts: list[pl.DataFrame] = []
     slow: list[np.ndarray] = []
     con = duckdb.connect()
     try:
@@ -270,11 +295,17 @@ def parse_file_fast(
             seen += n
             batch = _with_fast_key(batch, pool.kind)
             slow.append(batch.filter(pl.col("key").is_null())["line"].to_numpy())
-            pairs, no_pair = _pairs_of_batch(batch.filter(pl.col("key").is_not_null()), pool.kind)
+            fast = batch.filter(pl.col("key").is_not_null())
             del batch
+            pairs, no_pair = _pairs_of_batch(fast, pool.kind, row_frames)
             slow.append(no_pair)
-            if options.media_root is not None:
-                pairs = pairs.with_columns(_resolve_expr(options.media_root).alias("frames"))
+            if row_frames:
+                kept = fast.select(
+                    source_file=pl.lit(str(path), dtype=pl.String), line="line", frames="frames"
+                )
+                frame_parts.append(_resolved(kept, options.media_root))
+            else:
+                pairs = _resolved(pairs, options.media_root)
             qa, empty = qa_frame(pairs, pool.kind, str(path), options.mcq_on_raw)
             qa_parts.append(qa)
             reject_parts.append(empty)
@@ -285,10 +316,26 @@ def parse_file_fast(
     slow_lines = np.sort(np.concatenate(slow)) if slow else np.zeros(0, dtype=np.int64)
     if slow_lines.size:
         exact = parse_records(_records_of_lines(path, slow_lines), pool, options)
+        if row_frames:
+            exact = split_row_frames(exact)
+            frame_parts.append(exact.frames)
         qa_parts.append(exact.qa)
         reject_parts.append(exact.rejects)
     qa = pl.concat(qa_parts) if qa_parts else S.empty_frame(S.QA_SCHEMA)
     rejects = pl.concat(reject_parts) if reject_parts else S.empty_frame(S.REJECT_SCHEMA)
+    frames = None
+    if row_frames:
+        frames = pl.concat(frame_parts) if frame_parts else S.empty_frame(ROW_FRAMES_SCHEMA)
+        # only lines that gave a QA (as split_row_frames keeps them)
+        frames = frames.join(qa.select("line").unique(), on="line", how="semi", maintain_order="left")
     if slow_lines.size:
         qa = qa.sort("line", maintain_order=True)
-    return PoolResult(qa, rejects.sort("line", maintain_order=True))
+        frames = frames.sort("line", maintain_order=True) if frames is not None else None
+    return PoolResult(qa, rejects.sort("line", maintain_order=True), frames)
+
+
+def _resolved(frame: pl.DataFrame, media_root: Path | None) -> pl.DataFrame:
+    """The frame with its `frames` paths joined to media_root (unchanged without one)."""
+    if media_root is None:
+        return frame
+    return frame.with_columns(_resolve_expr(media_root).alias("frames"))

@@ -269,3 +269,18 @@ def test_json_array_files_take_the_exact_path(tmp_path):
     assert parse_file_fast(P.PoolFile(path, "onevision")) is None
     result = P.read_pool(path, None)
     assert result.qa.height > 0 and isinstance(result.qa, pl.DataFrame)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_row_frames_hold_each_lines_frames_once(tmp_path, fast):
+    rng = random.Random(4)
+    ov = _write(tmp_path / "ov.jsonl", _lines(COMMON + ODD, rng, RAW_ODD))
+    vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 30) + ODD[:3], rng, RAW_ODD[:2]))
+    full = P.read_pool(ov, vv, fast=fast, workers=1, media_root=Path("/m"))
+    lean = P.read_pool(ov, vv, fast=fast, workers=1, media_root=Path("/m"), row_frames=True)
+    assert "frames" not in lean.qa.columns
+    assert lean.qa.equals(full.qa.drop("frames")) and lean.rejects.equals(full.rejects)
+    expected = P.split_row_frames(full).frames
+    assert lean.frames.equals(expected)
+    joined = lean.qa.join(lean.frames, on=["source_file", "line"], how="left", maintain_order="left")
+    assert joined["frames"].equals(full.qa["frames"])
