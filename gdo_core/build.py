@@ -36,7 +36,7 @@ from gdo_core.select import (
     select_subsets,
     sft_rows,
 )
-from gdo_core.strata import MCQ, MCQ_PATTERN, OPEN, source_group_expr
+from gdo_core.strata import MCQ, MCQ_PATTERN, OPEN, WS_RUN_PATTERN, source_group_expr
 
 try:
     import orjson
@@ -121,7 +121,7 @@ def _normalise_columns(frame: pl.DataFrame, where: str) -> pl.DataFrame:
             raise MetricsError(f"{where}: key {col!r} must be numeric, got column type {dtype}")
         value = pl.col(col).cast(pl.Float64)
         out.append(pl.when(value.is_finite()).then(value).otherwise(None).alias(col))
-    uid = pl.col("qa_uid").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars()
+    uid = pl.col("qa_uid").cast(pl.String).str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars()
     return frame.select(uid, *out)
 
 
@@ -273,15 +273,25 @@ def _line_count(raw: bytes | None, path: Path) -> int:
 def published_view(qa: pl.DataFrame) -> pl.DataFrame:
     """The QA table as the published reader saw it: collapsed data_source (default name when empty),
     MCQ tested case-insensitively on the collapsed question, groups and strata recomputed."""
-    source = pl.col("data_source").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars()
+    source = pl.col("data_source").fill_null("").str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars()
     default = pl.col("bucket").replace_strict(PUBLISHED_DEFAULT_SOURCE, default="")
+    # data_source and its group once per distinct (data_source, bucket), then joined back
+    sources = (
+        qa.select("data_source", "bucket")
+        .unique()
+        .with_columns(published_source=pl.when(source == "").then(default).otherwise(source))
+        .with_columns(published_group=source_group_expr("published_source"))
+    )
+    looked_up = qa.select("data_source", "bucket").join(
+        sources, on=["data_source", "bucket"], how="left", nulls_equal=True, maintain_order="left"
+    )
     out = qa.with_columns(
-        data_source=pl.when(source == "").then(default).otherwise(source),
+        data_source=looked_up["published_source"],
+        source_group=looked_up["published_group"],
         question_form=pl.when(pl.col("question").str.contains(MCQ_PATTERN))
         .then(pl.lit(MCQ))
         .otherwise(pl.lit(OPEN)),
     )
-    out = out.with_columns(source_group=source_group_expr("data_source"))
     return out.with_columns(
         stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|")
     )

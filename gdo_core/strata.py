@@ -47,7 +47,7 @@ UNKNOWN_SOURCE = "unknown"
 SOURCE_GROUP_PARTS = 4
 
 # Only runs that change: 2+ whitespace characters, or one that is not a space (same result as \s+ -> " ").
-_WS_RUN_PATTERN = r"\s{2,}|[^\S ]"
+WS_RUN_PATTERN = r"\s{2,}|[^\S ]"
 # Characters whose lower case holds an ASCII token character (KELVIN SIGN, I WITH DOT ABOVE).
 _LOWER_TO_ASCII_PATTERN = "[\u212a\u0130]"
 
@@ -141,13 +141,13 @@ def _edge_expr(col: pl.Expr, edges: tuple[tuple[int, str], ...], top: str) -> pl
 
 def collapse_ws_expr(col: str) -> pl.Expr:
     """Vectorised `collapse_ws` over a string column."""
-    return pl.col(col).str.replace_all(_WS_RUN_PATTERN, " ").str.strip_chars(" ")
+    return pl.col(col).str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars(" ")
 
 
 def clean_question_expr(col: str) -> pl.Expr:
     """Vectorised `clean_question` over a string column."""
     stripped = pl.col(col).str.replace_all(MEDIA_TOKEN_PATTERN, " ")
-    return stripped.str.replace_all(_WS_RUN_PATTERN, " ").str.strip_chars(" ")
+    return stripped.str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars(" ")
 
 
 def token_count_expr(col: str) -> pl.Expr:
