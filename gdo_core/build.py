@@ -50,6 +50,11 @@ PUBLISHED_DEFAULT_SOURCE = {BUCKET_IMAGE: "onevision", BUCKET_VIDEO: "llava_vide
 # Published metrics files name the shared score quality_score; gdo's descriptors table says quality.
 METRIC_ALIASES = {"quality_score": "quality"}
 DUCKDB_TABLE = "descriptors"
+# QA columns `select.sft_rows` reads besides `frames` (gathered only for the selected rows).
+SFT_QA_COLUMNS = frozenset(
+    {"qa_uid", "video_uid", "question_form", "question", "answer", "n_frames"}
+    | {"temporal_category", "bucket", "data_source"}
+)
 BAD_EXAMPLES_KEPT = 5
 
 
@@ -374,7 +379,9 @@ def _output_rows(
         return sft_rows(result.qa, result.scores, rows, stages, mode=mode)
     idx = pl.Series(np.asarray(rows, dtype=np.int64))
     keys = ["source_file", "line"]
-    selected = result.qa[idx].join(row_frames, on=keys, how="left", maintain_order="left")
+    columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c in keys]
+    selected = result.qa.select(columns)[idx]
+    selected = selected.join(row_frames, on=keys, how="left", maintain_order="left")
     return sft_rows(selected, result.scores[idx], range(len(rows)), stages, mode=mode)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import mmap
 import os
 import re
 from pathlib import Path
@@ -86,27 +87,31 @@ def fast_messages_key(structure: str | None, kind: str) -> str | None:
 
 
 def nonblank_line_numbers(path: Path) -> np.ndarray:
-    """1-based numbers of the lines that are not blank (whitespace only), read in blocks."""
-    numbers: list[np.ndarray] = []
-    base, tail = 0, b""
-    with _open_binary(path) as fh:
-        while True:
-            block = fh.read(_BLOCK_BYTES)
-            data = tail + block if tail else block
-            if not block:
-                if data.strip():  # a last line without a newline
-                    numbers.append(np.array([base + 1], dtype=np.int64))
-                break
-            cut = data.rfind(b"\n") + 1
-            tail = data[cut:]
-            n = data.count(b"\n", 0, cut)
-            lines = np.arange(base + 1, base + n + 1, dtype=np.int64)
-            # Blank lines are rare: only a block with a line starting in whitespace is looked at closely.
-            if n and (data[:1] in _SPACE_START or _SPACE_AFTER_NEWLINE.search(data, 0, cut - 1)):
-                lines = np.delete(lines, _blank_line_indices(data[:cut]))
-            numbers.append(lines)
-            base += n
-    return np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
+    """1-based numbers of the lines that are not blank (whitespace only)."""
+    path = Path(path)
+    if path.name.endswith(".gz") or path.stat().st_size == 0:
+        with _open_binary(path) as fh:
+            return _nonblank_in(fh.read())
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _nonblank_in(data)
+
+
+def _nonblank_in(data: bytes | mmap.mmap) -> np.ndarray:
+    """Non-blank line numbers of a file's bytes; files without a line that starts in whitespace
+    (nearly all) are only counted."""
+    size = len(data)
+    if size == 0:
+        return np.zeros(0, dtype=np.int64)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    n = sum(
+        int(np.count_nonzero(buffer[i : i + _BLOCK_BYTES] == ord("\n")))
+        for i in range(0, size, _BLOCK_BYTES)
+    )
+    last_partial = buffer[-1] != ord("\n")
+    if data[:1] not in _SPACE_START and not _SPACE_AFTER_NEWLINE.search(data):
+        return np.arange(1, n + 1 + int(last_partial), dtype=np.int64)
+    whole = bytes(data) + (b"\n" if last_partial else b"")
+    return np.delete(np.arange(1, whole.count(b"\n") + 1, dtype=np.int64), _blank_line_indices(whole))
 
 
 def _blank_line_indices(whole: bytes) -> list[int]:
