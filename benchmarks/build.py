@@ -22,8 +22,10 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -239,6 +241,7 @@ def _child(args: argparse.Namespace) -> None:
                 "target_count": result.report["target_count"],
                 "uni": result.report["random_target_count"],
                 "constraints_met": result.report["hard_constraints"]["all_constraints_met"],
+                "parse_cache": result.parse_cache.get("status"),
             }
         )
     )
@@ -251,6 +254,11 @@ def main() -> None:
     parser.add_argument("--presets", default="minloss,diverse,temp,temp_plus")
     parser.add_argument("--modes", default="default,published")
     parser.add_argument("--runs", type=int, default=3, help="runs per preset and mode (median)")
+    parser.add_argument(
+        "--cache",
+        default="cold,warm",
+        help="cold: every run parses (empty parse cache); warm: the parsed pool is in the cache",
+    )
     parser.add_argument("--regen", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
@@ -273,56 +281,71 @@ def main() -> None:
         f"pool: {info['qas']:,} QAs ({info['video_qas']:,} video); goal {goal:,} QA/s", flush=True
     )
     print(
-        f"{'preset':<10} {'mode':<10} {'1x':>7} {'uni':>8} {'wall s':>7} {'QA/s':>9} {'process s':>9} {'QA/s':>9} {'select-only QA/s':>17} {'peak RSS MB':>12} met"
+        f"{'preset':<10} {'mode':<10} {'cache':<6} {'1x':>7} {'uni':>8} {'wall s':>7} {'QA/s':>9} {'process s':>9} {'QA/s':>9} {'select-only QA/s':>17} {'peak RSS MB':>12} met"
     )
-    for preset in args.presets.split(","):
-        for mode in args.modes.split(","):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                "--pool",
-                str(folder),
-                "--preset",
-                preset,
-                "--mode",
-                mode,
-                "--out",
-                str(OUT / f"build_{preset}_{mode}"),
-            ]
-            env = {**os.environ, "PYTHONHASHSEED": "0"}
-            runs = []
-            for _ in range(args.runs):
-                started = time.perf_counter()
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-                process_s = time.perf_counter() - started
-                if done.returncode != 0:
-                    print(f"{preset} {mode} failed:\n{done.stderr[-2000:]}", flush=True)
-                    break
-                runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": process_s})
-            if not runs:
-                continue
-            # the run with the median wall time; peak RSS is the largest of all runs
-            r = sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]
-            rss_mb = max(x["rss_mb"] for x in runs)
-            select_s = r["wall_s"] - r["timings"]["read_pool"]
-            row = {
-                "preset": preset,
-                "mode": mode,
-                **r,
-                "rss_mb": rss_mb,
-                "walls_s": [x["wall_s"] for x in runs],
-                "qa_per_s": info["qas"] / r["wall_s"],
-                "process_qa_per_s": info["qas"] / r["process_s"],
-                "select_only_qa_per_s": info["qas"] / max(select_s, 1e-9),
-            }
-            results.append(row)
-            print(
-                f"{preset:<10} {mode:<10} {r['target_count']:>7} {r['uni']:>8} {r['wall_s']:>7.1f} "
-                f"{row['qa_per_s']:>9,.0f} {r['process_s']:>9.1f} {row['process_qa_per_s']:>9,.0f} "
-                f"{row['select_only_qa_per_s']:>17,.0f} {rss_mb:>12.0f} {r['constraints_met']}",
-                flush=True,
+    combos = [
+        (p, m, c)
+        for p in args.presets.split(",")
+        for m in args.modes.split(",")
+        for c in args.cache.split(",")
+    ]
+    for preset, mode, cache in combos:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--pool",
+            str(folder),
+            "--preset",
+            preset,
+            "--mode",
+            mode,
+            "--out",
+            str(OUT / f"build_{preset}_{mode}"),
+        ]
+        warm_dir = OUT / f"cache_{args.qas}_{mode}"
+        if cache == "warm":  # one untimed build fills the cache
+            env = {**os.environ, "PYTHONHASHSEED": "0", "GDO_CACHE_DIR": str(warm_dir)}
+            subprocess.run(cmd, capture_output=True, env=env, check=False)
+        runs = []
+        for _ in range(args.runs):
+            cold_dir = tempfile.mkdtemp(prefix="gdo-cold-cache-", dir=OUT)
+            cache_dir = warm_dir if cache == "warm" else cold_dir
+            env = {**os.environ, "PYTHONHASHSEED": "0", "GDO_CACHE_DIR": str(cache_dir)}
+            started = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            process_s = time.perf_counter() - started
+            shutil.rmtree(cold_dir, ignore_errors=True)
+            if done.returncode != 0:
+                print(f"{preset} {mode} failed:\n{done.stderr[-2000:]}", flush=True)
+                break
+            runs.append(
+                {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": process_s}
             )
+        if not runs:
+            continue
+        # the run with the median wall time; peak RSS is the largest of all runs
+        r = sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]
+        rss_mb = max(x["rss_mb"] for x in runs)
+        select_s = r["wall_s"] - r["timings"]["read_pool"]
+        row = {
+            "preset": preset,
+            "mode": mode,
+            "cache": cache,
+            **r,
+            "rss_mb": rss_mb,
+            "walls_s": [x["wall_s"] for x in runs],
+            "qa_per_s": info["qas"] / r["wall_s"],
+            "process_qa_per_s": info["qas"] / r["process_s"],
+            "select_only_qa_per_s": info["qas"] / max(select_s, 1e-9),
+        }
+        results.append(row)
+        print(
+            f"{preset:<10} {mode:<10} {r['parse_cache']:<6} {r['target_count']:>7} {r['uni']:>8} {r['wall_s']:>7.1f} "
+            f"{row['qa_per_s']:>9,.0f} {r['process_s']:>9.1f} {row['process_qa_per_s']:>9,.0f} "
+            f"{row['select_only_qa_per_s']:>17,.0f} {rss_mb:>12.0f} {r['constraints_met']}",
+            flush=True,
+        )
     (OUT / f"build_results_{args.qas}.json").write_text(
         json.dumps({"pool": info, "results": results}, indent=2)
     )

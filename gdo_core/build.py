@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,8 @@ import numpy as np
 import polars as pl
 
 from gdo_core.candidate_score import METRIC_COLUMNS, Ablations
-from gdo_core.pool import read_pool, resample_indices
+from gdo_core.pool import resample_indices
+from gdo_core.pool_cache import cached_read_pool, default_cache_dir
 from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
 from gdo_core.select import (
@@ -318,6 +319,7 @@ class BuildResult:
     report: dict[str, Any]
     members: pl.DataFrame
     timings: dict[str, float]
+    parse_cache: dict[str, Any] = field(default_factory=dict)  # not in report.json: run detail
 
 
 def output_names(target_frames: int) -> tuple[str, str]:
@@ -518,6 +520,12 @@ def build_from_pool(
     )
 
 
+def _cache_dir(cache: bool, cache_dir: Path | str | None) -> Path | None:
+    if not cache:
+        return None
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+
 def build_subsets(
     profile: GoalProfile | str | Path,
     onevision: Path | str | None,
@@ -540,8 +548,13 @@ def build_subsets(
     progress: bool = True,
     profiles_dir: Path | str | None = None,
     media_root: Path | str | None = None,
+    cache: bool = True,
+    cache_dir: Path | str | None = None,
 ) -> BuildResult:
     """`gdo build`: parse the pool files, select GDO 1x and Uni-10x, write JSONL files, report and profile.
+
+    cache: keep the parsed pool in cache_dir (default `pool_cache.default_cache_dir()`), so a later
+    build on the same files skips parsing (`BuildResult.parse_cache` says hit or miss).
 
     Writes gdo_1x_<frames>f.jsonl, uni_10x_<frames>f.jsonl, report.json, profile.json and
     subset_members.parquet into out_dir. compat="published" reproduces the published build step.
@@ -553,20 +566,28 @@ def build_subsets(
     frames = target_frames or prof.target_frames
     if frames < 1:
         raise BuildError(f"target frames must be >= 1, got {frames}")
-    # The metrics file loads on a thread while the pool is read (both release the GIL).
-    with ThreadPoolExecutor(1) as side:
-        pending = (
-            side.submit(load_metrics, metrics, strict=(compat is None)) if metrics is not None else None
-        )
-        pool = read_pool(
+    # The metrics file loads on a thread while the pool is read (both release the GIL); a newly
+    # parsed pool is stored in the cache on that thread while the selection runs.
+    side = ThreadPoolExecutor(1)
+    pending = (
+        side.submit(load_metrics, metrics, strict=(compat is None)) if metrics is not None else None
+    )
+    stored: list[Future[None]] = []
+    try:
+        cached = cached_read_pool(
             Path(onevision) if onevision is not None else None,
             Path(video) if video is not None else None,
+            cache_dir=_cache_dir(cache, cache_dir),
+            defer_store=lambda write: stored.append(side.submit(write)),
             target_frames=frames,
             mcq_on_raw=(compat is None),
             media_root=Path(media_root) if media_root is not None else None,
-            row_frames=True,
         )
         metrics_table = pending.result() if pending is not None else None
+    except BaseException:
+        side.shutdown(cancel_futures=True)
+        raise
+    pool = cached.result
     read_s = time.perf_counter() - t0
     rejects = pool.rejects
     pool_info = {
@@ -599,6 +620,10 @@ def build_subsets(
         profiles_dir=profiles_dir,
         row_frames=pool.frames,
     )
+    for future in stored:
+        future.result()
+    side.shutdown()
+    result.parse_cache = cached.info()
     result.timings = {"read_pool": read_s, **{k: v + read_s for k, v in result.timings.items()}}
     return result
 

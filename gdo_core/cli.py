@@ -290,6 +290,17 @@ def build(
         typer.Option(help="Comma-separated benchmark JSONL files to decontaminate against."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the profile's, 42).")] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Keep the parsed pool, so later builds on the same files skip parsing.",
+        ),
+    ] = True,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Parsed-pool cache folder (default: $GDO_CACHE_DIR or ~/.cache/gdo/pools)."),
+    ] = None,
 ) -> None:
     """Build the GDO 1x subset and the Uni-10x baseline for one goal profile."""
     from gdo_core.build import build_subsets
@@ -320,6 +331,8 @@ def build(
             exclude_reference=references,
             seed=seed,
             progress=sys.stderr.isatty(),
+            cache=cache,
+            cache_dir=cache_dir,
         )
     report = result.report
     unmet = report.get("hard_constraints", {}).get("unmet", [])
@@ -328,6 +341,7 @@ def build(
         f"Uni-10x {report.get('random_target_count')}; unmet constraints: {unmet or 'none'}"
     )
     typer.echo(f"wrote {result.gdo_path}, {result.uni_path}, {result.report_path}")
+    typer.echo(f"parsed-pool cache: {result.parse_cache.get('status', 'off')}", err=True)
 
 
 @app.command()

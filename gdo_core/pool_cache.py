@@ -1,0 +1,139 @@
+"""Parsed-pool cache of `gdo build`: each pool file version is parsed once, later builds read Parquet.
+
+A build for another profile, mode, ablation or budget on the same pool files reads the parsed
+QA table (and the per-line frame lists and rejects) back from Parquet instead of parsing the JSONL
+again. The key covers every file's resolved path, size and modification time, the parse options,
+and the source of the parsing modules, so an edited pool, other options or a new gdo version
+never hit an old entry. Entries are written under a temporary name and renamed into place;
+the newest `KEEP_ENTRIES` are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from gdo_core import pool as P
+from gdo_core import schema as S
+
+KEEP_ENTRIES = 4
+_PARTS = ("qa", "rejects", "frames")
+_PARSER_MODULES = ("pool.py", "pool_fast.py", "strata.py", "schema.py", "pool_cache.py")
+
+
+def default_cache_dir() -> Path:
+    """$GDO_CACHE_DIR, else $XDG_CACHE_HOME/gdo/pools, else ~/.cache/gdo/pools."""
+    if os.environ.get("GDO_CACHE_DIR"):
+        return Path(os.environ["GDO_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gdo" / "pools"
+
+
+def _code_digest() -> str:
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in _PARSER_MODULES:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(files: list[P.PoolFile], options: dict[str, object]) -> str:
+    """Hex key of a parse: files (path, size, mtime), options and the parser's source."""
+    identity = []
+    for f in files:
+        stat = f.path.stat()
+        identity.append([f.kind, str(f.path.resolve()), stat.st_size, stat.st_mtime_ns])
+    text = json.dumps({"files": identity, "options": options, "code": _code_digest()}, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class CachedPool:
+    """A parsed pool, whether it came from the cache, and the entry's key."""
+
+    result: P.PoolResult
+    status: str  # "hit", "miss" (parsed and stored), or "off"
+    key: str | None = None
+
+    def info(self) -> dict[str, object]:
+        """What the build report says about the cache."""
+        return {"status": self.status, "key": self.key}
+
+
+def _load(entry: Path) -> P.PoolResult | None:
+    try:
+        qa, rejects, frames = (pl.read_parquet(entry / f"{part}.parquet") for part in _PARTS)
+    except (OSError, pl.exceptions.PolarsError):  # missing or damaged entry: parse again
+        return None
+    return P.PoolResult(qa, rejects, frames)
+
+
+def store(entry: Path, result: P.PoolResult) -> None:
+    """Write an entry under a temporary name and rename it into place; keep the newest entries."""
+    root = entry.parent
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
+    try:
+        frames = result.frames if result.frames is not None else S.empty_frame(P.ROW_FRAMES_SCHEMA)
+        for part, frame in zip(_PARTS, (result.qa, result.rejects, frames)):
+            frame.write_parquet(tmp / f"{part}.parquet", compression="lz4", statistics=False)
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    entries = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime_ns,
+        reverse=True,
+    )
+    for old in entries[KEEP_ENTRIES:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cached_read_pool(
+    onevision: Path | None,
+    video: Path | None,
+    *,
+    cache_dir: Path | None,
+    defer_store: Callable[[Callable[[], None]], None] | None = None,
+    **options: object,
+) -> CachedPool:
+    """`pool.read_pool(onevision, video, row_frames=True, **options)` through the cache in cache_dir.
+
+    cache_dir None: no cache. defer_store: runs the store later (e.g. on a thread while the
+    selection runs) instead of before returning.
+    """
+    if cache_dir is None:
+        return CachedPool(P.read_pool(onevision, video, row_frames=True, **options), "off")  # type: ignore[arg-type]
+    files = P.pool_files(onevision, video)
+    key = cache_key(files, options)
+    entry = Path(cache_dir) / key
+    if entry.is_dir():
+        loaded = _load(entry)
+        if loaded is not None:
+            os.utime(entry)  # newest use first when old entries are dropped
+            return CachedPool(loaded, "hit", key)
+    result = P.read_pool(onevision, video, row_frames=True, **options)  # type: ignore[arg-type]
+    if cache_key(files, options) != key:  # a file changed while it was read: do not store
+        return CachedPool(result, "off", key)
+
+    def write() -> None:
+        try:
+            store(entry, result)
+        except OSError:  # a full or read-only cache folder must not fail the build
+            pass
+
+    if defer_store is None:
+        write()
+    else:
+        defer_store(write)
+    return CachedPool(result, "miss", key)

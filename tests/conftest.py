@@ -1,0 +1,17 @@
+"""Shared test settings: the parsed-pool cache of `gdo build` lives in a per-session folder."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pool_cache_in_tmp(tmp_path_factory):
+    """Keep `gdo build`'s parse cache out of the user's ~/.cache during tests."""
+    old = os.environ.get("GDO_CACHE_DIR")
+    os.environ["GDO_CACHE_DIR"] = str(tmp_path_factory.mktemp("gdo-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GDO_CACHE_DIR", None)
+    else:
+        os.environ["GDO_CACHE_DIR"] = old

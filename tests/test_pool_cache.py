@@ -1,0 +1,137 @@
+"""The parsed-pool cache of `gdo build`: hits give the same files, any change of input misses."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+from gdo_core import build as BLD
+from gdo_core import pool_cache as C
+
+
+def _pool(folder: Path, n: int = 120, seed: int = 0) -> tuple[Path, Path]:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["cat", "dog", "ball", "after", "then", "red", "blue", "jump"]
+    with open(folder / "ov.jsonl", "w") as fh:
+        for i in range(n):
+            msgs = []
+            for t in range(rng.randint(1, 3)):
+                question = " ".join(rng.choice(words) for _ in range(rng.randint(2, 12)))
+                msgs += [
+                    {"role": "user", "content": ("<image>\n" if t == 0 else "") + question + "?"},
+                    {
+                        "role": "assistant",
+                        "content": " ".join(rng.choice(words) for _ in range(rng.randint(1, 9))),
+                    },
+                ]
+            source = rng.choice(["ai2d(cauldron)", "chartqa(cauldron)", "ureader_cap"])
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"o{i}",
+                        "images": [f"i/{i}.jpg"],
+                        "data_source": source,
+                        "messages": msgs,
+                    }
+                )
+                + "\n"
+            )
+        fh.write("{broken\n")
+    with open(folder / "vv.jsonl", "w") as fh:
+        for i in range(n // 2):
+            msgs = [
+                {
+                    "role": "user",
+                    "content": "<video>\nWhat happens after the " + rng.choice(words) + "?",
+                },
+                {"role": "assistant", "content": "It " + rng.choice(words) + "s."},
+            ]
+            frames = [f"f/{i}/{k}.jpg" for k in range(rng.choice([8, 40, 90]))]
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"v{i}",
+                        "video_id": f"c{i // 2}",
+                        "images": frames,
+                        "data_source": "0_30_s_academic_v0_1",
+                        "messages": msgs,
+                    }
+                )
+                + "\n"
+            )
+    return folder / "ov.jsonl", folder / "vv.jsonl"
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".parquet")}
+
+
+def test_second_build_hits_and_writes_the_same_files(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    first = BLD.build_subsets(
+        "temp", ov, vv, tmp_path / "a", cache_dir=cache, progress=False, target_count=20
+    )
+    second = BLD.build_subsets(
+        "temp", ov, vv, tmp_path / "b", cache_dir=cache, progress=False, target_count=20
+    )
+    off = BLD.build_subsets(
+        "temp", ov, vv, tmp_path / "c", cache=False, progress=False, target_count=20
+    )
+    assert first.parse_cache["status"] == "miss"
+    assert second.parse_cache["status"] == "hit"
+    assert off.parse_cache["status"] == "off"
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(tmp_path / "c")
+    assert first.report["pool"]["rejects"] == second.report["pool"]["rejects"] == 1
+
+
+def test_changed_file_or_options_miss(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    run = lambda **kw: BLD.build_subsets(
+        "temp", ov, vv, tmp_path / "out", cache_dir=cache, progress=False, target_count=20, **kw
+    ).parse_cache["status"]
+    assert run() == "miss" and run() == "hit"
+    assert run(target_frames=8) == "miss" and run(compat="published") == "miss"
+    with open(vv, "a") as fh:
+        fh.write("\n")
+    os.utime(vv, ns=(1, 2))
+    assert run() == "miss" and run() == "hit"
+
+
+def test_damaged_entry_is_parsed_again_and_old_entries_are_dropped(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    BLD.build_subsets(
+        "temp", ov, vv, tmp_path / "out", cache_dir=cache, progress=False, target_count=20
+    )
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    (entry / "qa.parquet").write_bytes(b"not parquet")
+    again = BLD.build_subsets(
+        "temp", ov, vv, tmp_path / "out", cache_dir=cache, progress=False, target_count=20
+    )
+    assert again.parse_cache["status"] == "miss"
+    for frames in range(1, C.KEEP_ENTRIES + 3):
+        BLD.build_subsets(
+            "temp",
+            ov,
+            vv,
+            tmp_path / "out",
+            cache_dir=cache,
+            progress=False,
+            target_count=20,
+            target_frames=frames,
+        )
+    assert (
+        len([p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")])
+        == C.KEEP_ENTRIES
+    )
+
+
+def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GDO_CACHE_DIR", str(tmp_path / "x"))
+    assert C.default_cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("GDO_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert C.default_cache_dir() == tmp_path / "xdg" / "gdo" / "pools"
