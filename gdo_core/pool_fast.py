@@ -111,7 +111,9 @@ def _nonblank_in(data: bytes | mmap.mmap) -> np.ndarray:
     if data[:1] not in _SPACE_START and not _SPACE_AFTER_NEWLINE.search(data):
         return np.arange(1, n + 1 + int(last_partial), dtype=np.int64)
     whole = bytes(data) + (b"\n" if last_partial else b"")
-    return np.delete(np.arange(1, whole.count(b"\n") + 1, dtype=np.int64), _blank_line_indices(whole))
+    return np.delete(
+        np.arange(1, whole.count(b"\n") + 1, dtype=np.int64), _blank_line_indices(whole)
+    )
 
 
 def _blank_line_indices(whole: bytes) -> list[int]:
@@ -225,7 +227,11 @@ def _pairs_of_batch(
         ),
         data_source=pl.col("data_source").fill_null(""),
         line=pl.col("line"),
-        **({"n_frames": pl.col("frames").list.len()} if row_frames else {"frames": pl.col("frames")}),
+        **(
+            {"n_frames": pl.col("frames").list.len()}
+            if row_frames
+            else {"frames": pl.col("frames")}
+        ),
     )
     idx = pairs["fi"]
     out = pl.concat([rows[idx], pairs.drop("fi")], how="horizontal")
@@ -263,22 +269,16 @@ def _with_fast_key(batch: pl.DataFrame, kind: str) -> pl.DataFrame:
     return batch.with_columns(key=pl.when(usable).then(key))
 
 
-def parse_file_fast(
+def _parse_batches(
+    path: Path,
     pool: PoolFile,
-    options: ParseOptions | None = None,
-    *,
-    threads: int | None = None,
-    row_frames: bool = False,
-) -> PoolResult | None:
-    """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
-
-    threads: DuckDB threads (default: all cores). row_frames: see `pool.read_pool`.
-    """
-    options = options or ParseOptions()
-    path = Path(pool.path)
-    if _is_json_array_file(path):
-        return None
-    lines = nonblank_line_numbers(path)
+    options: ParseOptions,
+    lines: np.ndarray,
+    threads: int | None,
+    row_frames: bool,
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], list[np.ndarray]] | None:
+    """(QA parts, reject parts, row-frame parts, lines for the exact path) of DuckDB's batches;
+    None when DuckDB's records do not line up with the file's lines."""
     qa_parts: list[pl.DataFrame] = []
     reject_parts: list[pl.DataFrame] = []
     frame_parts: list[pl.DataFrame] = []
@@ -318,6 +318,32 @@ def parse_file_fast(
             return None  # DuckDB skipped or merged lines: line numbers would not line up
     finally:
         con.close()
+    return qa_parts, reject_parts, frame_parts, slow
+
+
+def parse_file_fast(
+    pool: PoolFile,
+    options: ParseOptions | None = None,
+    *,
+    threads: int | None = None,
+    row_frames: bool = False,
+) -> PoolResult | None:
+    """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
+
+    threads: DuckDB threads (default: all cores). row_frames: see `pool.read_pool`.
+    """
+    options = options or ParseOptions()
+    path = Path(pool.path)
+    if _is_json_array_file(path):
+        return None
+    lines = nonblank_line_numbers(path)
+    try:
+        parsed = _parse_batches(path, pool, options, lines, threads, row_frames)
+    except duckdb.Error:  # a file DuckDB cannot read at all: every line takes the exact path
+        return None
+    if parsed is None:
+        return None
+    qa_parts, reject_parts, frame_parts, slow = parsed
     slow_lines = np.sort(np.concatenate(slow)) if slow else np.zeros(0, dtype=np.int64)
     if slow_lines.size:
         exact = parse_records(_records_of_lines(path, slow_lines), pool, options)
@@ -326,13 +352,16 @@ def parse_file_fast(
             frame_parts.append(exact.frames)
         qa_parts.append(exact.qa)
         reject_parts.append(exact.rejects)
-    qa = pl.concat(qa_parts) if qa_parts else S.empty_frame(S.QA_SCHEMA)
+    empty_qa = S.empty_frame(S.QA_SCHEMA)
+    qa = pl.concat(qa_parts) if qa_parts else (empty_qa.drop("frames") if row_frames else empty_qa)
     rejects = pl.concat(reject_parts) if reject_parts else S.empty_frame(S.REJECT_SCHEMA)
     frames = None
     if row_frames:
         frames = pl.concat(frame_parts) if frame_parts else S.empty_frame(ROW_FRAMES_SCHEMA)
         # only lines that gave a QA (as split_row_frames keeps them)
-        frames = frames.join(qa.select("line").unique(), on="line", how="semi", maintain_order="left")
+        frames = frames.join(
+            qa.select("line").unique(), on="line", how="semi", maintain_order="left"
+        )
     if slow_lines.size:
         qa = qa.sort("line", maintain_order=True)
         frames = frames.sort("line", maintain_order=True) if frames is not None else None

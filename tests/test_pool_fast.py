@@ -284,3 +284,12 @@ def test_row_frames_hold_each_lines_frames_once(tmp_path, fast):
     assert lean.frames.equals(expected)
     joined = lean.qa.join(lean.frames, on=["source_file", "line"], how="left", maintain_order="left")
     assert joined["frames"].equals(full.qa["frames"])
+
+
+def test_invalid_utf8_lines_are_rejected_like_the_exact_parser(tmp_path):
+    good = json.dumps({"id": "g", "images": ["x.jpg"], "messages": _msgs("q", "a")}).encode()
+    bad = good.replace(b'"q"', b'"q\xff\xfe"').replace(b'"g"', b'"b"')
+    path = tmp_path / "ov.jsonl"
+    path.write_bytes(bad + b"\n" + good + b"\n")
+    result = _assert_same(path, "onevision")
+    assert result.rejects["reason"].to_list() == ["bad_json"] and result.qa.height == 1
