@@ -111,13 +111,29 @@ def numpy_mean_std(values: np.ndarray) -> tuple[int, float, float]:
     return count, mean, 1.0 if var <= STD_VAR_FLOOR else math.sqrt(var)
 
 
+def metric_columns(rows: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Each metric column present as float64 (NaN where the value is null or NaN)."""
+    return {
+        col: rows[col].fill_nan(None).to_numpy().astype(np.float64)
+        for col in METRIC_COLUMNS
+        if col in rows.columns
+    }
+
+
 def metric_stats(rows: pl.DataFrame, *, running: bool) -> dict[str, tuple[float, float]]:
     """Mean and sample std of each metric column over every metrics row (file order, nulls skipped)."""
+    return metric_stats_of(metric_columns(rows), running=running)
+
+
+def metric_stats_of(
+    columns: dict[str, np.ndarray], *, running: bool
+) -> dict[str, tuple[float, float]]:
+    """`metric_stats` of columns from `metric_columns`."""
     out: dict[str, tuple[float, float]] = {}
     for col in METRIC_COLUMNS:
-        if col not in rows.columns:
+        if col not in columns:
             continue
-        values = rows[col].drop_nulls().drop_nans().to_numpy().astype(np.float64, copy=False)
+        values = columns[col][~np.isnan(columns[col])]
         count, mean, std = (welford_mean_std if running else numpy_mean_std)(values)
         if count > 0:
             out[col] = (mean, std)
@@ -138,10 +154,16 @@ def metric_z_terms(
     metrics: pl.DataFrame, stats: dict[str, tuple[float, float]]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(vds3', q') per metrics row: -z(loss_video)+z(loss_blind)+z(frame_div), else fallbacks; z(quality)."""
+    return metric_z_terms_of(metric_columns(metrics), metrics.height, stats)
+
+
+def metric_z_terms_of(
+    columns: dict[str, np.ndarray], n_rows: int, stats: dict[str, tuple[float, float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`metric_z_terms` of n_rows rows given as columns from `metric_columns`."""
     z = {}
     for col in METRIC_COLUMNS:
-        raw = metrics[col].fill_nan(None).to_numpy() if col in metrics.columns else None
-        values = np.full(metrics.height, np.nan) if raw is None else raw.astype(np.float64)
+        values = columns[col] if col in columns else np.full(n_rows, np.nan)
         z[col] = _z(values, stats.get(col))
     lv, lb, fd, vds = z["loss_video"], z["loss_blind"], z["frame_diversity"], z["vds"]
     have_losses = ~np.isnan(lv) & ~np.isnan(lb) & ~np.isnan(fd)
@@ -168,6 +190,18 @@ def naturalness(qn_raw: int, an_raw: int, distinct: int) -> float:
     return float(q_term + NAT_ANSWER_WEIGHT * a_term - NAT_REPEAT_WEIGHT * repeat_pen)
 
 
+def naturalness_many(qn_raw: np.ndarray, an_raw: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    """`naturalness` of many keys at once: logs from `math` per token count, the rest element-wise."""
+    qn, an = np.maximum(qn_raw, 1), np.maximum(an_raw, 1)
+    q_terms = {q: -abs(math.log(q) - math.log(NAT_QUESTION_CENTRE)) for q in np.unique(qn).tolist()}
+    a_terms = {a: -abs(math.log(a) - math.log(NAT_ANSWER_CENTRE)) for a in np.unique(an).tolist()}
+    q_term = np.array([q_terms[q] for q in qn.tolist()], dtype=np.float64)
+    a_term = np.array([a_terms[a] for a in an.tolist()], dtype=np.float64)
+    gap = NAT_DISTINCT_FLOOR - distinct.astype(np.float64) / an.astype(np.float64)
+    repeat_pen = np.where(gap > 0.0, gap, 0.0)  # max(0.0, gap), as Python's max picks
+    return q_term + NAT_ANSWER_WEIGHT * a_term - NAT_REPEAT_WEIGHT * repeat_pen
+
+
 def difficulty(qn: int, an: int) -> float:
     """Difficulty bump centred on 22 effective tokens (qn + 0.5 an)."""
     x = max(1.0, qn + DIFF_ANSWER_SHARE * an)
@@ -175,12 +209,19 @@ def difficulty(qn: int, an: int) -> float:
     return float(math.exp(-z * z / (2.0 * DIFF_WIDTH * DIFF_WIDTH)))
 
 
-def alignment(values: tuple[str, ...], probs: dict[str, dict[str, float]]) -> float:
-    """Mean log pool probability of the six non-bucket field values."""
-    logs = [
-        math.log(max(probs.get(f, {}).get(v, ALIGN_FLOOR), ALIGN_FLOOR))
-        for f, v in zip(ALIGN_FIELDS, values)
-    ]
+def alignment(
+    values: tuple[str, ...],
+    probs: dict[str, dict[str, float]],
+    log_cache: dict[tuple[str, str], float] | None = None,
+) -> float:
+    """Mean log pool probability of the six non-bucket field values (logs memoised in log_cache)."""
+    cache = {} if log_cache is None else log_cache
+    logs = []
+    for f, v in zip(ALIGN_FIELDS, values):
+        log = cache.get((f, v))
+        if log is None:
+            log = cache[(f, v)] = math.log(max(probs.get(f, {}).get(v, ALIGN_FLOOR), ALIGN_FLOOR))
+        logs.append(log)
     return float(sum(logs) / len(logs))
 
 
@@ -190,11 +231,36 @@ def source_prior(count: int, total: int) -> float:
 
 
 KEY_BITS = 21  # token counts are packed three to an int64 key
+DENSE_KEYS_MAX = 1 << 22  # key spaces up to this size are looked up in a flat table, not sorted
 
 
-def _per_key(columns: list[np.ndarray], fn) -> np.ndarray:
-    """fn(*key) for every row of integer key columns, evaluated once per distinct key."""
-    stacked = np.stack([np.asarray(c, dtype=np.int64) for c in columns], axis=1)
+def _per_key(columns: list[np.ndarray], fn, *, many: bool = False) -> np.ndarray:
+    """fn(*key) for every row of integer key columns, evaluated once per distinct key.
+
+    many: fn takes the distinct keys as arrays, one call for all of them.
+    """
+    stacked = [np.asarray(c, dtype=np.int64) for c in columns]
+    n = stacked[0].size if stacked else 0
+    if n == 0:
+        return np.zeros(n)
+    sizes = [int(c.max()) + 1 for c in stacked]
+    if min(int(c.min()) for c in stacked) >= 0 and math.prod(sizes) <= DENSE_KEYS_MAX:
+        flat = np.ravel_multi_index(stacked, sizes)
+        present = np.zeros(math.prod(sizes), dtype=bool)
+        present[flat] = True
+        keys = np.nonzero(present)[0]
+        parts = np.unravel_index(keys, sizes)
+        table = np.zeros(present.size)
+        if many:
+            table[keys] = fn(*parts)
+        else:
+            table[keys] = [fn(*key) for key in zip(*[p.tolist() for p in parts])]
+        return table[flat]
+    return _per_key_sorted(np.stack(stacked, axis=1), fn, many)
+
+
+def _per_key_sorted(stacked: np.ndarray, fn, many: bool) -> np.ndarray:
+    """`_per_key` through a sort of the (packed) keys, for wide key ranges."""
     if stacked.size and (stacked.min() >= 0) and (stacked.max() < (1 << KEY_BITS)):
         packed = np.zeros(stacked.shape[0], dtype=np.int64)
         for j in range(stacked.shape[1]):
@@ -203,25 +269,43 @@ def _per_key(columns: list[np.ndarray], fn) -> np.ndarray:
         uniq = stacked[first]
     else:
         uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
-    values = np.array([fn(*row) for row in uniq.tolist()], dtype=np.float64)
+    if many:
+        values = np.asarray(fn(*uniq.T), dtype=np.float64)
+    else:
+        values = np.array([fn(*row) for row in uniq.tolist()], dtype=np.float64)
     return values[inverse.reshape(-1)] if values.size else np.zeros(stacked.shape[0])
 
 
 PLAIN_TEXT_PATTERN = r"^[A-Za-z0-9_]+( [A-Za-z0-9_]+)*$"  # tokens joined by single spaces
+PLAIN_LOWER_PATTERN = r"^[a-z0-9_]+( [a-z0-9_]+)*$"  # the same, already lower case
 
 
-TOKENIZE_CHUNK_ROWS = 200_000  # bounds the transient token lists
+TOKENIZE_CHUNK_ROWS = 100_000  # bounds the transient token lists; chunks run in parallel
 
 
 def _distinct_tokens(texts: pl.Series) -> np.ndarray:
-    """Distinct token counts, in chunks of rows so the token lists never exist for the whole pool at once."""
-    if texts.len() > TOKENIZE_CHUNK_ROWS:
-        parts = [
-            _distinct_tokens_chunk(texts.slice(i, TOKENIZE_CHUNK_ROWS))
-            for i in range(0, texts.len(), TOKENIZE_CHUNK_ROWS)
-        ]
-        return np.concatenate(parts)
-    return _distinct_tokens_chunk(texts)
+    """Distinct token counts: lower-case plain texts are split on spaces (chunks as parallel
+    queries), any other text takes `_distinct_tokens_chunk`."""
+    texts = texts.alias("text")
+    t = pl.col("text")
+    counts = pl.when(t.str.contains(PLAIN_LOWER_PATTERN)).then(t.str.split(" ").list.n_unique())
+    queries = [
+        texts.slice(i, TOKENIZE_CHUNK_ROWS).to_frame().lazy().select(counts)
+        for i in range(0, texts.len(), TOKENIZE_CHUNK_ROWS)
+    ]
+    if not queries:
+        return np.zeros(0, dtype=np.int64)
+    done = pl.concat([frame.to_series() for frame in pl.collect_all(queries)])
+    out = done.fill_null(-1).cast(pl.Int64).to_numpy().copy()
+    rest = np.nonzero(out < 0)[0]
+    if rest.size:
+        out[rest] = np.concatenate(
+            [
+                _distinct_tokens_chunk(texts.gather(rest[i : i + TOKENIZE_CHUNK_ROWS]))
+                for i in range(0, rest.size, TOKENIZE_CHUNK_ROWS)
+            ]
+        )
+    return out
 
 
 def _distinct_tokens_chunk(texts: pl.Series) -> np.ndarray:
@@ -248,7 +332,8 @@ def distinct_answer_tokens(answers: pl.Series, answer_len: np.ndarray | None = N
             if not short.all():
                 out[~short] = distinct_answer_tokens(answers.filter(~short))
             return out
-    if answers.n_unique() > 0.7 * n:  # mostly unique texts: tokenise every row
+    # Mostly unique texts: tokenise every row (distinct hashes count the texts closely enough here).
+    if answers.hash(seed=0).n_unique() > 0.7 * n:
         return _distinct_tokens(answers)
     table = answers.unique(maintain_order=True).alias("answer").to_frame()
     table = table.with_columns(pl.Series("d", _distinct_tokens(table["answer"])))
@@ -285,11 +370,16 @@ def score_terms(
     ablations: Ablations = Ablations(),
 ) -> pl.DataFrame:
     """Every score term and the final score per QA row (columns SCORE_COLUMNS, row order kept)."""
-    nat = _per_key([inputs.question_len, inputs.answer_len, inputs.distinct_answer], naturalness)
+    nat = _per_key(
+        [inputs.question_len, inputs.answer_len, inputs.distinct_answer],
+        naturalness_many,
+        many=True,
+    )
     diff = _per_key([inputs.question_len, inputs.answer_len], difficulty)
+    logs: dict[tuple[str, str], float] = {}
     align_by_stratum = np.array(
         [
-            alignment(tuple(f[k] for k in ALIGN_FIELDS), inputs.field_probs)
+            alignment(tuple(f[k] for k in ALIGN_FIELDS), inputs.field_probs, logs)
             for f in inputs.strata_fields
         ],
         dtype=np.float64,
@@ -322,7 +412,9 @@ def score_terms(
     )
     base = np.where(is_video, base_video, base_image)
     uniq, inverse = np.unique(base, return_inverse=True)
-    base_norm = np.array([math.tanh(b / BASE_SQUASH) for b in uniq.tolist()], dtype=np.float64)[
+    # math.tanh once per distinct base (numpy's tanh may differ in the last bit).
+    squashed = (uniq / BASE_SQUASH).tolist()
+    base_norm = np.fromiter(map(math.tanh, squashed), dtype=np.float64, count=len(squashed))[
         inverse.reshape(-1)
     ]
     vds3_norm = np.clip(qa_vds3, -Z_CAP, Z_CAP) / max(Z_CAP, 1e-6)

@@ -2,8 +2,9 @@
 pools, the six selection stages, the Uni-10x baseline, summaries and SFT-ready rows.
 
 Everything over the whole pool is polars/numpy; Python loops only where the method is sequential:
-the seeded draws in published mode (one `random.Random` stream in scan order), the heap of a
-stratum whose pool boundary has tied scores (published mode), and acceptance over candidates.
+the rejection sampling of the seeded draws in published mode (one `random.Random` stream in scan
+order), the heap of a stratum whose pool boundary has tied scores (published mode), and acceptance
+over small pools (large pools settle the same in-order greedy in a few vectorised rounds).
 
 Two modes share this code: `published` reproduces the published build step bit for bit
 (quirks included); `default` keeps the fixes (MCQ on raw text upstream, order-free seeded draws
@@ -18,8 +19,11 @@ import json
 import math
 import random
 import re
+import sys
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +36,9 @@ from gdo_core.candidate_score import (
     Ablations,
     ScoreInputs,
     distinct_answer_tokens,
-    metric_stats,
-    metric_z_terms,
+    metric_columns,
+    metric_stats_of,
+    metric_z_terms_of,
     score_terms,
 )
 from gdo_core.profiles import GoalProfile
@@ -105,9 +110,21 @@ def first_seen_codes(values: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndar
     """(per-row code, first row of each code, count of each code), codes numbered in first-seen order.
 
     Strings become integers through a categorical cast, so no string hash table is built over the
-    pool (a string group_by on a million rows holds ~350 MB).
+    pool (a string group_by on a million rows holds ~350 MB); the rest is O(rows) integer work.
     """
-    physical = values.cast(pl.Categorical).to_physical().to_numpy()
+    physical = values.cast(pl.Categorical).to_physical()
+    if physical.null_count():
+        return _first_seen_codes_sorted(physical.to_numpy())
+    first = physical.arg_unique().to_numpy().astype(np.int64)  # first rows, in first-seen order
+    raw = physical.to_numpy()
+    rank = np.zeros(int(raw.max()) + 1 if raw.size else 0, dtype=np.int64)
+    rank[raw[first]] = np.arange(first.size)
+    code = rank[raw]
+    return code, first, np.bincount(code, minlength=first.size).astype(np.int64)
+
+
+def _first_seen_codes_sorted(physical: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`first_seen_codes` by sorting (nulls, as NaN, are one value)."""
     _, first, inverse, counts = np.unique(
         physical, return_index=True, return_inverse=True, return_counts=True
     )
@@ -169,12 +186,16 @@ def pool_profile(qa: pl.DataFrame) -> PoolProfile:
     )
 
 
-def score_inputs(qa: pl.DataFrame, prof: PoolProfile) -> ScoreInputs:
+def score_inputs(
+    qa: pl.DataFrame, prof: PoolProfile, distinct_answer: np.ndarray | None = None
+) -> ScoreInputs:
     """The per-QA keys and per-stratum / per-source tables of the candidate score."""
+    if distinct_answer is None:
+        distinct_answer = distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy())
     return ScoreInputs(
         question_len=qa["question_len"].to_numpy(),
         answer_len=qa["answer_len"].to_numpy(),
-        distinct_answer=distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy()),
+        distinct_answer=distinct_answer,
         is_video=(qa["bucket"] == BUCKET_VIDEO).to_numpy(),
         stratum_code=prof.stratum_code,
         strata_fields=prof.strata.select(STRATUM_FIELDS).to_dicts(),
@@ -306,32 +327,92 @@ class Draws:
 
 
 def published_draws(n_rows: int, reservoir_cap: int, seed: int) -> Draws:
-    """One random.Random(seed) stream in scan order: random() per row, randint(1, seen) once full."""
+    """One random.Random(seed) stream in scan order: random() per row, randint(1, seen) once full.
+
+    The rows' draws are read from the raw 32-bit Mersenne Twister words that random() (two words)
+    and getrandbits(k <= 32) (one word) consume; only randint's rejection sampling walks them in
+    Python. The generator then skips the words used and shuffles the reservoir itself.
+    """
     rng = random.Random(seed)
-    rnd, getrandbits = rng.random, rng.getrandbits
     fill = min(reservoir_cap, n_rows)
-    tie = [rnd() for _ in range(fill)]
-    reservoir = list(range(fill))
-    append = tie.append
-    for i in range(fill, n_rows):
-        append(rnd())
-        if reservoir_cap <= 0:
-            continue
-        seen = i + 1
-        # randint(1, seen) == 1 + _randbelow(seen): getrandbits(k) with rejection, inlined for speed.
-        k = seen.bit_length()
-        r = getrandbits(k)
-        while r >= seen:
-            r = getrandbits(k)
-        if r < reservoir_cap:
-            reservoir[r] = i
-    uni_order = list(reservoir)
+    if fill <= 0:  # no reservoir: random() per row only (range(fill, n) as the published loop)
+        tie = [rng.random() for _ in range(fill, n_rows)]
+        empty = np.zeros(0, dtype=np.int64)
+        return Draws(np.asarray(tie, dtype=np.float64), empty, empty)
+    state = rng.getstate()
+    n_words = _expected_words(n_rows, fill)
+    while True:
+        words = _mt_words(rng, n_words)
+        try:
+            accept_at = _reservoir_accepts(words, n_rows, fill)
+            break
+        except IndexError:  # an unlucky run of rejections: draw a longer stream
+            rng.setstate(state)
+            n_words *= 2
+    w = np.frombuffer(words, dtype=np.uint32)
+    accept = np.asarray(accept_at, dtype=np.int64)
+    # random() of row i reads two words: 2i while the reservoir fills, then right after row i-1's randint.
+    tie_at = np.concatenate([np.arange(fill, dtype=np.int64) * 2, [2 * fill], accept[:-1] + 1])
+    high, low = w[tie_at].astype(np.int64) >> 5, w[tie_at + 1].astype(np.int64) >> 6
+    tie = (high * 67108864.0 + low) * (1.0 / 9007199254740992.0)
+    seen = np.arange(fill + 1, n_rows + 1, dtype=np.int64)
+    slot = w[accept].astype(np.int64) >> (32 - _bit_length(seen))  # randint(1, seen) - 1
+    hit = np.nonzero(slot < reservoir_cap)[0]
+    last = np.full(fill, -1, dtype=np.int64)
+    np.maximum.at(last, slot[hit], fill + hit)  # reservoir[slot] = row in scan order: the last wins
+    reservoir = np.where(last >= 0, last, np.arange(fill, dtype=np.int64))
+    rng.setstate(state)
+    rng.getrandbits(32 * (accept_at[-1] + 1 if accept_at else 2 * fill))  # skip the words used
+    uni_order = reservoir.tolist()
     rng.shuffle(uni_order)
-    return Draws(
-        np.asarray(tie, dtype=np.float64),
-        np.asarray(reservoir, dtype=np.int64),
-        np.asarray(uni_order, dtype=np.int64),
-    )
+    return Draws(tie[:n_rows], reservoir, np.asarray(uni_order, dtype=np.int64))
+
+
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """int.bit_length of positive integers below 2**32."""
+    return np.searchsorted(1 << np.arange(33, dtype=np.int64), values, side="right")
+
+
+def _expected_words(n_rows: int, fill: int) -> int:
+    """Stream words the rows need on average plus a wide margin (more are drawn if it runs short)."""
+    seen = np.arange(fill + 1, n_rows + 1, dtype=np.int64)
+    p = seen / (1 << _bit_length(seen)).astype(np.float64)  # acceptance of one getrandbits(k)
+    mean = float((1.0 / p).sum()) + 2 * n_rows
+    sd = math.sqrt(float(((1.0 - p) / (p * p)).sum()))
+    return int(mean + 10 * sd) + 64
+
+
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)
+
+
+def _mt_words(rng: random.Random, n: int) -> array:
+    """The next n raw 32-bit outputs of the generator (getrandbits fills from the low word up)."""
+    words = array(_U32)
+    words.frombytes(rng.getrandbits(32 * n).to_bytes(4 * n, "little"))
+    if sys.byteorder != "little":
+        words.byteswap()
+    return words
+
+
+def _reservoir_accepts(words: array, n_rows: int, fill: int) -> list[int]:
+    """Word index of each accepted randint(1, seen) draw, rows fill..n-1 (after each row's random())."""
+    out: list[int] = []
+    append = out.append
+    pos = 2 * fill  # first word after the random() calls of the rows that fill the reservoir
+    k = (fill + 1).bit_length()
+    shift, limit = 32 - k, 1 << k
+    for seen in range(fill + 1, n_rows + 1):
+        if seen == limit:
+            shift -= 1
+            limit <<= 1
+        # getrandbits(k) < seen  <=>  word < seen << (32 - k); one word per try.
+        threshold = seen << shift
+        j = pos + 2
+        while words[j] >= threshold:
+            j += 1
+        append(j)
+        pos = j + 1
+    return out
 
 
 def stable_draws(n_rows: int, reservoir_cap: int, seed: int) -> Draws:
@@ -374,14 +455,59 @@ def candidate_pools(
     """Row indices of every stratum's pool (its top cap_s by score, tie-break) and how many strata needed the heap.
 
     The top-k equals the published heap result unless scores tie across the pool boundary; those
-    strata (published mode only) are replayed through the heap in scan order.
+    strata (published mode only) are replayed through the heap in scan order. Only rows scoring at
+    least their stratum's cap_s-th best score are sorted.
     """
-    order = np.lexsort((-tie, -score, stratum_code))
-    codes_sorted = stratum_code[order]
+    code = np.asarray(stratum_code, dtype=np.int64)
+    caps = np.asarray(caps, dtype=np.int64)
+    if np.isnan(score).any() or np.isnan(tie).any():
+        return _candidate_pools_sorted(code, score, tie, caps, published_heap=published_heap)
+    sizes = np.bincount(code, minlength=caps.size)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # Rows grouped by stratum, scan order within (a radix sort for up to 2**16 strata).
+    by_code = np.argsort(code.astype(np.uint16) if caps.size <= 1 << 16 else code, kind="stable")
+    grouped_score = score[by_code]
+    threshold = np.full(caps.size, -np.inf)
+    for c in np.nonzero((caps > 0) & (sizes > caps))[0].tolist():
+        part = grouped_score[starts[c] : starts[c] + sizes[c]]
+        k = int(sizes[c] - caps[c])
+        threshold[c] = np.partition(part, k)[k]  # the cap_s-th best score
+    candidates = np.nonzero((caps[code] > 0) & (score >= threshold[code]))[0]
+    pools, ranked_codes, top = _top_per_stratum(candidates, code, score, tie, caps)
+    replayed = 0
+    if published_heap:
+        # A stratum ties at the boundary when a row beyond cap_s has the cap_s-th score.
+        tied = np.nonzero((caps > 0) & (np.bincount(ranked_codes, minlength=caps.size) > caps))[0]
+        if tied.size:
+            replayed = int(tied.size)
+            parts = [pools[~np.isin(ranked_codes[top], tied)]]
+            for c in tied.tolist():
+                rows = by_code[starts[c] : starts[c] + sizes[c]]
+                parts.append(np.asarray(_heap_pool(rows, score, tie, int(caps[c])), dtype=np.int64))
+            pools = np.concatenate(parts)
+    return pools, replayed
+
+
+def _top_per_stratum(
+    rows: np.ndarray, code: np.ndarray, score: np.ndarray, tie: np.ndarray, caps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the first cap_s of each stratum by score, tie-break, row; codes of all rows in that order; which were kept)."""
+    order = rows[np.lexsort((-tie[rows], -score[rows], code[rows]))]
+    codes_sorted = code[order]
+    starts = np.searchsorted(codes_sorted, np.arange(caps.size), side="left")
+    keep = np.arange(order.size) - starts[codes_sorted] < caps[codes_sorted]
+    return order[keep], codes_sorted, keep
+
+
+def _candidate_pools_sorted(
+    code: np.ndarray, score: np.ndarray, tie: np.ndarray, caps: np.ndarray, *, published_heap: bool
+) -> tuple[np.ndarray, int]:
+    """`candidate_pools` by one sort of every row (NaN scores or tie-breaks sort last, as lexsort does)."""
+    order = np.lexsort((-tie, -score, code))
+    codes_sorted = code[order]
     starts = np.searchsorted(codes_sorted, np.arange(caps.size), side="left")
     ends = np.searchsorted(codes_sorted, np.arange(caps.size), side="right")
-    rank = np.arange(order.size) - starts[codes_sorted]
-    keep = rank < caps[codes_sorted]
+    keep = np.arange(order.size) - starts[codes_sorted] < caps[codes_sorted]
     pools = order[keep]
     replayed = 0
     if published_heap:
@@ -393,12 +519,11 @@ def candidate_pools(
             tied = over[at_cap == below]
             if tied.size:
                 replayed = int(tied.size)
-                tied_set = np.isin(codes_sorted[keep], tied)
-                parts = [pools[~tied_set]]
-                for code in tied.tolist():
-                    rows = np.sort(order[starts[code] : ends[code]])
+                parts = [pools[~np.isin(codes_sorted[keep], tied)]]
+                for c in tied.tolist():
+                    rows = np.sort(order[starts[c] : ends[c]])
                     parts.append(
-                        np.asarray(_heap_pool(rows, score, tie, int(caps[code])), dtype=np.int64)
+                        np.asarray(_heap_pool(rows, score, tie, int(caps[c])), dtype=np.int64)
                     )
                 pools = np.concatenate(parts)
     return pools, replayed
@@ -412,41 +537,189 @@ def by_score_desc(rows: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.nd
 
 # ---- acceptance and the six stages ------------------------------------------------------------
 
+GREEDY_LOOP_MAX = 512  # pools up to this size are walked in Python; larger ones are vectorised
+GREEDY_MAX_ROUNDS = 64  # rounds of the vectorised greedy before it falls back to the walk
+
+
+def _value_codes(values: Any, *, falsy_is_none: bool = False) -> np.ndarray:
+    """Dense integer codes of values (equal values, equal codes); -1 for falsy ones when asked.
+
+    Integer arrays are taken as codes already (negative = none).
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        codes = values.astype(np.int64)
+        if codes.size and int(codes.max()) >= 4 * codes.size + 16:  # sparse: renumber
+            valid = codes >= 0
+            codes[valid] = np.unique(codes[valid], return_inverse=True)[1].reshape(-1)
+        return codes
+    index: dict[Any, int] = {}
+    return np.asarray(
+        [-1 if falsy_is_none and not v else index.setdefault(v, len(index)) for v in values],
+        dtype=np.int64,
+    )
+
+
+def _series_codes(values: pl.Series) -> np.ndarray:
+    """Exact codes of a column (code = first row with the same value; nulls are one value).
+
+    Rows are told apart by a 64-bit hash; rows sharing a hash are checked against the strings.
+    """
+    hashes = values.hash(seed=0)
+    codes = np.arange(values.len(), dtype=np.int64)
+    shared = np.nonzero(hashes.is_duplicated().to_numpy())[0]
+    if shared.size == 0:
+        return codes
+    _, first, inverse = np.unique(hashes.to_numpy()[shared], return_index=True, return_inverse=True)
+    codes[shared] = shared[first][inverse.reshape(-1)]
+    if values.gather(codes[shared]).eq_missing(values.gather(shared)).all():
+        return codes
+    return _value_codes(values.to_list())  # a hash collision: code the values themselves
+
+
+@dataclass
+class _RowAttrs:
+    """Attributes of just the rows acceptance can see, indexed by local position.
+
+    `rows[k]` is the pool row of local position k; pools handed to the stages are local positions.
+    uid, text, video_uid and group are integer codes (lists of values are coded on construction;
+    video_uid -1 = no per-video cap); group_names[code] is the source group's name.
+    """
+
+    rows: np.ndarray
+    uid: Any
+    text: Any
+    is_video: Any
+    video_uid: Any
+    temporal: Any
+    stratum: Any
+    group: Any
+    group_names: list[str] | None = None
+    _position: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rows = np.asarray(self.rows, dtype=np.int64)
+        self.uid = _value_codes(self.uid)
+        self.text = _value_codes(self.text)
+        self.video_uid = _value_codes(self.video_uid, falsy_is_none=True)
+        self.is_video = np.asarray(self.is_video, dtype=bool)
+        self.temporal = np.asarray(self.temporal, dtype=bool)
+        self.stratum = np.asarray(self.stratum, dtype=np.int64)
+        if self.group_names is None:
+            names = list(dict.fromkeys(self.group))
+            self.group = _value_codes(self.group)  # first-seen numbering, as names
+            self.group_names = names
+        self.group = np.asarray(self.group, dtype=np.int64)
+
+    def local(self, pool_rows: np.ndarray) -> np.ndarray:
+        """Local positions of pool rows (which must be among `rows`)."""
+        if self._position is None:  # a row -> position table: gathers beat binary searches
+            self._position = np.zeros(int(self.rows[-1]) + 1 if self.rows.size else 0, np.int64)
+            self._position[self.rows] = np.arange(self.rows.size)
+        return self._position[np.asarray(pool_rows, dtype=np.int64)]
+
+
+def _row_attrs(
+    qa: pl.DataFrame, rows: np.ndarray, stratum_code: np.ndarray, temporal_set: Sequence[str]
+) -> _RowAttrs:
+    """The acceptance attributes of the distinct given rows, strings turned into exact codes."""
+    seen = np.zeros(qa.height, dtype=bool)
+    seen[rows] = True
+    rows = np.nonzero(seen)[0]
+    cols = ["qa_uid", "question", "answer", "bucket", "video_uid", "temporal_category"]
+    sub = qa.select(*cols, "source_group")[pl.Series(rows)].select(
+        "qa_uid",
+        text=pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR),
+        is_video=pl.col("bucket") == BUCKET_VIDEO,
+        video_uid=pl.col("video_uid").fill_null(""),
+        temporal=pl.col("temporal_category").is_in(list(temporal_set)),
+        group=pl.col("source_group"),
+    )
+    video_uid = _series_codes(sub["video_uid"])
+    video_uid[(sub["video_uid"] == "").to_numpy()] = -1
+    group, first, _ = first_seen_codes(sub["group"])
+    return _RowAttrs(
+        rows=rows,
+        uid=_series_codes(sub["qa_uid"]),
+        text=_series_codes(sub["text"]),
+        is_video=sub["is_video"].to_numpy(),
+        video_uid=video_uid,
+        temporal=sub["temporal"].to_numpy(),
+        stratum=stratum_code[rows],
+        group=group,
+        group_names=sub["group"].gather(first).to_list(),
+    )
+
+
+def _greedy_accept(keys: list[tuple[np.ndarray, np.ndarray | int]], n: int) -> np.ndarray | None:
+    """Mask of rows the in-order greedy takes: row i passes if, for every key, fewer than `room`
+    earlier taken rows share its code (code -1: no limit). None if it does not settle.
+
+    Rounds of S -> F(S) from "all taken": the true greedy is the only fixed point, and the rounds
+    alternate around it, agreeing on a longer prefix each round (a few rounds in practice).
+    """
+    limits = []
+    for codes, room in keys:
+        rows = np.nonzero(codes >= 0)[0]
+        c = codes[rows]
+        room_c = room[c] if isinstance(room, np.ndarray) else np.full(c.size, room)
+        binding = np.bincount(c)[c] > room_c  # codes with more rows than room can ever reject one
+        rows, c, room_c = rows[binding], c[binding], room_c[binding]
+        if rows.size == 0:
+            continue
+        order = np.argsort(c, kind="stable")  # grouped by code, pool order within
+        rows, c, room_c = rows[order], c[order], room_c[order]
+        new_group = np.concatenate([[True], c[1:] != c[:-1]])
+        group_start = np.maximum.accumulate(np.where(new_group, np.arange(c.size), 0))
+        limits.append((rows, group_start, room_c))
+    taken = np.ones(n, dtype=bool)
+    for _ in range(GREEDY_MAX_ROUNDS):
+        passed = np.ones(n, dtype=bool)
+        for rows, group_start, room_c in limits:
+            t = taken[rows].astype(np.int64)
+            before = np.cumsum(t) - t
+            passed[rows[before - before[group_start] >= room_c]] = False
+        if np.array_equal(passed, taken):
+            return taken
+        taken = passed
+    return None
+
 
 class _Acceptor:
     """The acceptance rule: uid and (question, answer) unused, video count below max, per-video cap."""
 
     def __init__(
         self,
-        uid: dict[int, str],
-        text: dict[int, str],
-        is_video: dict[int, bool],
-        video_uid: dict[int, str],
+        uid: Any,
+        text: Any,
+        is_video: Any,
+        video_uid: Any,
         *,
         max_video: int | None,
         max_per_video: int,
         limit: int,
     ) -> None:
-        self.uid, self.text, self.is_video, self.video_uid = uid, text, is_video, video_uid
+        self.uid, self.text = _value_codes(uid), _value_codes(text)
+        self.video_uid = _value_codes(video_uid, falsy_is_none=True)
+        self.is_video = np.asarray(is_video, dtype=bool)
         self.max_video, self.max_per_video, self.limit = max_video, max_per_video, limit
-        self.used_uid: set[str] = set()
-        self.used_text: set[str] = set()
-        self.per_video: Counter[str] = Counter()
+        self.used_uid = np.zeros(int(self.uid.max(initial=-1)) + 1, dtype=bool)
+        self.used_text = np.zeros(int(self.text.max(initial=-1)) + 1, dtype=bool)
+        self.per_video = np.zeros(int(self.video_uid.max(initial=0)) + 1, dtype=np.int64)
         self.n_video = 0
         self.rows: list[int] = []
         self.stages: list[str] = []
 
     def can_take(self, i: int, enforce_text: bool = True) -> bool:
         """Whether row i passes the acceptance rule now."""
-        if self.uid[i] in self.used_uid:
+        if self.used_uid[self.uid[i]]:
             return False
-        if enforce_text and self.text[i] in self.used_text:
+        if enforce_text and self.used_text[self.text[i]]:
             return False
         if self.is_video[i]:
             if self.max_video is not None and self.n_video >= self.max_video:
                 return False
-            vuid = self.video_uid[i]
-            if vuid and self.per_video[vuid] >= self.max_per_video:
+            v = self.video_uid[i]
+            if v >= 0 and self.per_video[v] >= self.max_per_video:
                 return False
         return True
 
@@ -454,71 +727,97 @@ class _Acceptor:
         """Accept row i under `stage` if there is room and it passes the rule."""
         if len(self.rows) >= self.limit or not self.can_take(i, enforce_text):
             return False
-        self.rows.append(i)
-        self.stages.append(stage)
-        self.used_uid.add(self.uid[i])
-        if enforce_text:
-            self.used_text.add(self.text[i])
-        if self.is_video[i]:
-            self.n_video += 1
-            vuid = self.video_uid[i]
-            if vuid:
-                self.per_video[vuid] += 1
+        self._record(np.array([i], dtype=np.int64), stage, enforce_text)
         return True
 
-    def fill(
-        self,
-        pool: Iterable[int],
-        need: int,
-        stage: str,
-        on_take: Callable[[int], None] | None = None,
-        enforce_text: bool = True,
-    ) -> int:
+    def fill(self, pool: Iterable[int], need: int, stage: str, enforce_text: bool = True) -> int:
         """Take up to `need` rows from the pool in order; returns how many are still missing.
 
-        The acceptance rule of `can_take`/`take`, inlined: this loop runs over every candidate.
+        Rows the state already rules out are dropped at once; the greedy runs over the rest.
         """
         remain = max(0, int(need))
         if remain <= 0:
             return 0
-        uid, text, is_video, video_uid = self.uid, self.text, self.is_video, self.video_uid
-        used_uid, used_text, per_video, rows, stages = (
-            self.used_uid,
-            self.used_text,
-            self.per_video,
-            self.rows,
-            self.stages,
-        )
-        max_video = self.max_video if self.max_video is not None else len(uid) + len(rows) + 1
-        max_per_video, limit = self.max_per_video, self.limit
-        for i in pool:
-            if remain <= 0 or len(rows) >= limit:
-                break
-            u = uid[i]
-            if u in used_uid:
-                continue
-            t = text[i]
-            if enforce_text and t in used_text:
-                continue
-            video = is_video[i]
-            if video:
-                if self.n_video >= max_video:
-                    continue
-                v = video_uid[i]
-                if v and per_video[v] >= max_per_video:
-                    continue
-                self.n_video += 1
-                if v:
-                    per_video[v] += 1
-            rows.append(i)
-            stages.append(stage)
-            used_uid.add(u)
+        room = self.limit - len(self.rows)
+        pool = np.asarray(pool, dtype=np.int64)
+        if room <= 0 or pool.size == 0:
+            return remain
+        video_room = None if self.max_video is None else self.max_video - self.n_video
+        is_video = self.is_video[pool]
+        vid = np.where(is_video, self.video_uid[pool], -1)
+        ok = ~self.used_uid[self.uid[pool]]
+        if enforce_text:
+            ok &= ~self.used_text[self.text[pool]]
+        if video_room is not None and video_room <= 0:
+            ok &= ~is_video
+        ok &= ~((vid >= 0) & (self.per_video[np.maximum(vid, 0)] >= self.max_per_video))
+        pool, is_video, vid = pool[ok], is_video[ok], vid[ok]
+        want = min(remain, room)
+        taken = None
+        if pool.size > GREEDY_LOOP_MAX:
+            keys: list[tuple[np.ndarray, np.ndarray | int]] = [(self.uid[pool], 1)]
             if enforce_text:
-                used_text.add(t)
-            remain -= 1
-            if on_take is not None:
-                on_take(i)
-        return remain
+                keys.append((self.text[pool], 1))
+            keys.append((vid, self.max_per_video - self.per_video))
+            if video_room is not None:
+                keys.append((np.where(is_video, 0, -1), video_room))
+            mask = _greedy_accept(keys, pool.size)
+            if mask is not None:
+                taken = pool[np.nonzero(mask)[0][:want]]
+        if taken is None:
+            taken = self._walk(pool, is_video, vid, want, enforce_text, video_room)
+        self._record(taken, stage, enforce_text)
+        return remain - taken.size
+
+    def _walk(
+        self,
+        pool: np.ndarray,
+        is_video: np.ndarray,
+        vid: np.ndarray,
+        want: int,
+        enforce_text: bool,
+        video_room: int | None,
+    ) -> np.ndarray:
+        """The greedy as a loop over the pool (rows the state rules out already dropped)."""
+        out: list[int] = []
+        used_uid: set[int] = set()
+        used_text: set[int] = set()
+        per_video: dict[int, int] = {}
+        n_video = 0
+        video_room = pool.size + 1 if video_room is None else video_room
+        texts = self.text[pool].tolist() if enforce_text else [0] * pool.size
+        rows = zip(pool.tolist(), self.uid[pool].tolist(), texts, is_video.tolist(), vid.tolist())
+        for i, u, t, video, v in rows:
+            if len(out) >= want:
+                break
+            if u in used_uid or (enforce_text and t in used_text):
+                continue
+            if video:
+                if n_video >= video_room:
+                    continue
+                if v >= 0:
+                    count = per_video.get(v)
+                    if count is None:
+                        count = int(self.per_video[v])
+                    if count >= self.max_per_video:
+                        continue
+                    per_video[v] = count + 1
+                n_video += 1
+            out.append(i)
+            used_uid.add(u)
+            used_text.add(t)
+        return np.asarray(out, dtype=np.int64)
+
+    def _record(self, taken: np.ndarray, stage: str, enforce_text: bool) -> None:
+        self.rows.extend(taken.tolist())
+        self.stages.extend([stage] * taken.size)
+        self.used_uid[self.uid[taken]] = True
+        if enforce_text:
+            self.used_text[self.text[taken]] = True
+        video = self.is_video[taken]
+        self.n_video += int(video.sum())
+        vid = self.video_uid[taken][video]
+        np.add.at(self.per_video, vid[vid >= 0], 1)
 
 
 @dataclass
@@ -537,7 +836,7 @@ class GdoSelection:
 def select_gdo(
     *,
     tail: np.ndarray,
-    strata_pools: dict[int, list[int]],
+    strata_pools: dict[int, np.ndarray],
     stratum_quotas: np.ndarray,
     constraints: B.HardConstraints,
     reservoir: np.ndarray,
@@ -556,56 +855,53 @@ def select_gdo(
         max_per_video=max_qa_per_video,
         limit=target_count,
     )
-    by_stratum: Counter[int] = Counter()
-    by_group: Counter[str] = Counter()
-    temporal_video = 0
-
-    def count(i: int) -> None:
-        nonlocal temporal_video
-        by_stratum[a.stratum[i]] += 1
-        by_group[a.group[i]] += 1
-        if a.is_video[i] and a.temporal[i]:
-            temporal_video += 1
-
-    tail_list = a.local(tail).tolist()  # local positions from here on
+    tail_local = a.local(tail)  # local positions from here on
+    temporal_video = a.is_video & a.temporal
     unmet: dict[str, int] = {}
-    temporal_pool = [i for i in tail_list if a.is_video[i] and a.temporal[i]]
     missing = acc.fill(
-        temporal_pool, constraints.min_temporal_video_count - temporal_video, STAGE_TEMPORAL, count
+        tail_local[temporal_video[tail_local]],
+        constraints.min_temporal_video_count,
+        STAGE_TEMPORAL,
     )
     if missing > 0:
         unmet["temporal_video_min"] = missing
-    video_pool = [i for i in tail_list if a.is_video[i]]
-    missing = acc.fill(video_pool, constraints.min_video_count - acc.n_video, STAGE_VIDEO, count)
+    missing = acc.fill(
+        tail_local[a.is_video[tail_local]], constraints.min_video_count - acc.n_video, STAGE_VIDEO
+    )
     if missing > 0:
         unmet["video_min"] = missing
+    group_code = {name: code for code, name in enumerate(a.group_names or [])}
     for group, req in constraints.source_group_floor_requirements.items():
-        need = req - by_group[group]
+        code = group_code.get(group, -1)
+        need = req - int(np.count_nonzero(a.group[acc.rows] == code)) if code >= 0 else req
         if need <= 0:
             continue
-        pool = [i for i in tail_list if a.group[i] == group]
-        missing = acc.fill(pool, need, STAGE_GROUP_PREFIX + group, count)
+        missing = acc.fill(
+            tail_local[a.group[tail_local] == code], need, STAGE_GROUP_PREFIX + group
+        )
         if missing > 0:
             unmet[f"source_group::{group}"] = missing
+    by_stratum = np.bincount(a.stratum[acc.rows], minlength=stratum_quotas.size)
     for code, quota in enumerate(stratum_quotas.tolist()):
         if len(acc.rows) >= target_count:
             break
-        need = quota - by_stratum[code]
-        if quota > 0 and need > 0:
-            pool = a.local(np.asarray(strata_pools.get(code, []), dtype=np.int64)).tolist()
-            acc.fill(pool, need, STAGE_STRATUM, count)
+        need = quota - int(by_stratum[code])  # only this stratum's own pool changes its count
+        if quota > 0 and need > 0 and code in strata_pools:
+            acc.fill(a.local(strata_pools[code]), need, STAGE_STRATUM)
     if len(acc.rows) < target_count:
-        acc.fill(tail_list, target_count - len(acc.rows), STAGE_GLOBAL, count)
+        acc.fill(tail_local, target_count - len(acc.rows), STAGE_GLOBAL)
     if len(acc.rows) < target_count:
-        acc.fill(a.local(reservoir).tolist(), target_count - len(acc.rows), STAGE_RESERVOIR, count)
+        acc.fill(a.local(reservoir), target_count - len(acc.rows), STAGE_RESERVOIR)
+    taken = np.asarray(acc.rows, dtype=np.int64)
+    names = a.group_names or []
     return GdoSelection(
-        rows=a.rows[np.asarray(acc.rows, dtype=np.int64)].tolist(),
+        rows=a.rows[taken].tolist(),
         stages=acc.stages,
         stage_counts=dict(Counter(acc.stages)),
         unmet=unmet,
         video_count=acc.n_video,
-        temporal_video_count=temporal_video,
-        group_counts=by_group,
+        temporal_video_count=int(np.count_nonzero(temporal_video[taken])),
+        group_counts=Counter([names[g] for g in a.group[taken].tolist()]),
     )
 
 
@@ -631,72 +927,15 @@ def select_uni(
         max_per_video=max_qa_per_video,
         limit=uni_count,
     )
-    pool = a.local(order).tolist()
+    pool = a.local(np.asarray(order, dtype=np.int64))
     acc.fill(pool, uni_count, STAGE_UNI, enforce_text=True)
     if len(acc.rows) < uni_count:
         acc.fill(pool, uni_count - len(acc.rows), STAGE_UNI, enforce_text=False)
-    rows = acc.rows
-    taken = set() if repeats else set(rows)
-    for i in pool:
-        if len(rows) >= uni_count:
-            break
-        if i not in taken:
-            rows.append(i)
-    return a.rows[np.asarray(rows[:uni_count], dtype=np.int64)].tolist()
-
-
-@dataclass
-class _RowAttrs:
-    """Attributes of just the rows acceptance can see, as lists indexed by local position.
-
-    `rows[k]` is the pool row of local position k; pools handed to the stages are local positions.
-    """
-
-    rows: np.ndarray
-    uid: list[str]
-    text: list[str]
-    is_video: list[bool]
-    video_uid: list[str]
-    temporal: list[bool]
-    stratum: list[int]
-    group: list[str]
-
-    def local(self, pool_rows: np.ndarray) -> np.ndarray:
-        """Local positions of pool rows (which must be among `rows`)."""
-        return np.searchsorted(self.rows, pool_rows)
-
-
-def _row_attrs(
-    qa: pl.DataFrame, rows: np.ndarray, stratum_code: np.ndarray, temporal_set: Sequence[str]
-) -> _RowAttrs:
-    rows = np.unique(rows)
-    cols = [
-        "qa_uid",
-        "question",
-        "answer",
-        "bucket",
-        "video_uid",
-        "temporal_category",
-        "source_group",
-    ]
-    sub = qa.select(cols)[pl.Series(rows)].select(
-        "qa_uid",
-        text=pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR),
-        is_video=pl.col("bucket") == BUCKET_VIDEO,
-        video_uid=pl.col("video_uid").fill_null(""),
-        temporal=pl.col("temporal_category").is_in(list(temporal_set)),
-        group=pl.col("source_group"),
-    )
-    return _RowAttrs(
-        rows=rows,
-        uid=sub["qa_uid"].to_list(),
-        text=sub["text"].to_list(),
-        is_video=sub["is_video"].to_list(),
-        video_uid=sub["video_uid"].to_list(),
-        temporal=sub["temporal"].to_list(),
-        stratum=stratum_code[rows].tolist(),
-        group=sub["group"].to_list(),
-    )
+    rows = np.asarray(acc.rows, dtype=np.int64)
+    if rows.size < uni_count:
+        rest = pool if repeats else pool[~np.isin(pool, rows)]
+        rows = np.concatenate([rows, rest[: uni_count - rows.size]])
+    return a.rows[rows[:uni_count]].tolist()
 
 
 # ---- summaries ------------------------------------------------------------------------------
@@ -729,18 +968,31 @@ def subset_summary(
     """Count, bucket counts and the JS divergence of every field against the full pool."""
     if not rows:
         return {"count": 0}
-    sub = qa.select(list(field_probs) + ["bucket"] * ("bucket" not in field_probs))[
-        np.asarray(rows, dtype=np.int64)
-    ]
+    fields = list(field_probs) + ["bucket"] * ("bucket" not in field_probs)
+    picked = np.asarray(rows, dtype=np.int64)
+    # Field combinations gathered in row order (cheaper), first-seen order kept by position.
+    order = np.argsort(picked, kind="stable")
+    combos = (
+        qa.select(fields)[pl.Series(picked[order])]
+        .with_columns(pl.Series("position", order))
+        .group_by(fields)
+        .agg(pl.len().alias("count"), pl.col("position").min())
+        .sort("position")
+    )
+
+    def counts_of(name: str) -> dict[str, int]:
+        """Counts per value of one field, values in first-seen order."""
+        per_value = combos.group_by(name, maintain_order=True).agg(pl.col("count").sum())
+        return dict(per_value.iter_rows())
+
     js: dict[str, float] = {}
     for name, target in field_probs.items():
-        counts = dict(sub.group_by(name, maintain_order=True).len().iter_rows())
+        counts = counts_of(name)
         total = sum(counts.values())
         if total <= 0 or not target:
             continue
         js[name] = js_divergence({k: v / total for k, v in counts.items()}, target)
-    bucket = dict(sub.group_by("bucket", maintain_order=True).len().iter_rows())
-    return {"count": len(rows), "bucket": bucket, "js_to_full_profile": js}
+    return {"count": len(rows), "bucket": counts_of("bucket"), "js_to_full_profile": js}
 
 
 # ---- the whole selection ----------------------------------------------------------------------
@@ -769,37 +1021,81 @@ class SelectionResult:
     report: dict[str, Any]
 
 
-def _metric_terms_for_pool(
-    qa: pl.DataFrame, metrics: pl.DataFrame | None, mode: Mode
+def _has_duplicates(values: pl.Series) -> bool:
+    """Whether a column repeats a value (distinct 64-bit hashes settle it without the strings)."""
+    if values.hash(seed=0).n_unique() == values.len():
+        return False
+    return values.n_unique() < values.len()
+
+
+@dataclass
+class _MetricRows:
+    """The metrics rows as arrays and, per QA row, its metrics row (the last per qa_uid), -1 if none."""
+
+    rows: int
+    unique_rows: int
+    columns: dict[str, np.ndarray]  # every metrics row (the stats count duplicates)
+    unique_columns: dict[str, np.ndarray]  # one row per qa_uid
+    match: np.ndarray  # per QA row: index into the unique rows, -1 without one
+
+
+def _metric_rows(qa: pl.DataFrame, metrics: pl.DataFrame | None) -> _MetricRows | None:
+    """The polars half of the metric terms: column arrays and the qa_uid join."""
+    if metrics is None or metrics.height == 0:
+        return None
+    columns = metric_columns(metrics)
+    # One metrics row per qa_uid (the last one wins, as in a dict keyed by qa_uid).
+    if _has_duplicates(metrics["qa_uid"]):
+        unique = metrics.unique(subset="qa_uid", keep="last", maintain_order=True)
+        unique_columns = metric_columns(unique)
+    else:
+        unique, unique_columns = metrics, columns
+    # An unordered inner join (parallel) scattered back by QA row: at most one match per row.
+    pairs = (
+        qa.select("qa_uid")
+        .with_row_index("qa_row")
+        .join(unique.select("qa_uid").with_row_index("match"), on="qa_uid", how="inner")
+    )
+    match = np.full(qa.height, -1, dtype=np.int64)
+    match[pairs["qa_row"].to_numpy()] = pairs["match"].to_numpy()
+    return _MetricRows(metrics.height, unique.height, columns, unique_columns, match)
+
+
+def _metric_terms(
+    matched: _MetricRows | None, n: int, mode: Mode
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(vds3', q', has_metrics per QA row; vds3' per unique metrics row; stats) from the metrics rows."""
-    n = qa.height
-    if metrics is None or metrics.height == 0:
+    if matched is None:
         zeros = np.zeros(n)
         return zeros, zeros.copy(), np.zeros(n, dtype=bool), np.zeros(0), {}
-    stats = metric_stats(metrics, running=(mode == "published"))
-    # One metrics row per qa_uid (the last one wins, as in a dict keyed by qa_uid).
-    duplicated = metrics["qa_uid"].n_unique() < metrics.height
-    unique = (
-        metrics.unique(subset="qa_uid", keep="last", maintain_order=True) if duplicated else metrics
-    )
-    vds3_all, quality_all = metric_z_terms(unique, stats)
-    table = unique.select("qa_uid").with_columns(
-        pl.Series("m_vds3", vds3_all),
-        pl.Series("m_quality", quality_all),
-        pl.lit(True).alias("m_has"),
-    )
-    joined = qa.select("qa_uid").join(table, on="qa_uid", how="left", maintain_order="left")
-    has = joined["m_has"].fill_null(False).to_numpy().astype(bool)
-    vds3 = joined["m_vds3"].fill_null(0.0).to_numpy()
-    quality = joined["m_quality"].fill_null(0.0).to_numpy()
+    stats = metric_stats_of(matched.columns, running=(mode == "published"))
+    vds3_all, quality_all = metric_z_terms_of(matched.unique_columns, matched.unique_rows, stats)
+    has = matched.match >= 0
+    at = np.where(has, matched.match, 0)
+    vds3 = np.where(has, vds3_all[at], 0.0)
+    quality = np.where(has, quality_all[at], 0.0)
     info = {
-        "metric_rows": metrics.height,
-        "metric_unique_qa": unique.height,
+        "metric_rows": matched.rows,
+        "metric_unique_qa": matched.unique_rows,
         "coverage_ratio": float(has.mean()) if n else 0.0,
         "z_stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
     }
     return vds3, quality, has, vds3_all, info
+
+
+def _metric_terms_for_pool(
+    qa: pl.DataFrame, metrics: pl.DataFrame | None, mode: Mode
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(vds3', q', has_metrics per QA row; vds3' per unique metrics row; stats) from the metrics rows."""
+    return _metric_terms(_metric_rows(qa, metrics), qa.height, mode)
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """fn(*args) on a worker thread; the future's result() waits for it (and re-raises)."""
+    worker = ThreadPoolExecutor(max_workers=1)
+    future = worker.submit(fn, *args)
+    worker.shutdown(wait=False)  # the worker exits once fn returns
+    return future
 
 
 def select_subsets(
@@ -838,10 +1134,18 @@ def select_subsets(
     prof = pool_profile(qa)
     total = prof.total
     stratum_counts = prof.strata["count"].to_numpy()
+    strata_is_video = (prof.strata["bucket"] == BUCKET_VIDEO).to_numpy()
+    strata_is_temporal = (
+        strata_is_video & prof.strata["temporal_category"].is_in(list(temporal_set)).to_numpy()
+    )
+    matched = _metric_rows(qa, metrics)
+    # Tokenising the answers (polars threads, off the GIL) overlaps the Python and numpy work of
+    # the budget and the draws; the polars work above comes first, as it would queue behind it.
+    distinct = _in_background(distinct_answer_tokens, qa["answer"], qa["answer_len"].to_numpy())
 
     # Budget (§5.2).
-    qa_vds3, qa_quality, has_metrics, vds3_per_metric_row, metrics_info = _metric_terms_for_pool(
-        qa, metrics, mode
+    qa_vds3, qa_quality, has_metrics, vds3_per_metric_row, metrics_info = _metric_terms(
+        matched, total, mode
     )
     fixed = (options.target_count or 0) > 0 or (options.target_ratio or 0) > 0
     if fixed:
@@ -883,15 +1187,15 @@ def select_subsets(
         group_counts_desc=prof.groups_desc(),
         profile=profile,
     )
-    strata_is_video = (prof.strata["bucket"] == BUCKET_VIDEO).to_numpy()
-    strata_is_temporal = (
-        strata_is_video & prof.strata["temporal_category"].is_in(list(temporal_set)).to_numpy()
-    )
     caps = B.candidate_caps(stratum_quotas, strata_is_video, strata_is_temporal, profile)
+
+    # Seeded draws (§5.5) while the answers are still being tokenised.
+    reservoir_cap = max(uni_count, math.ceil(uni_count * max(1.0, profile.reservoir_oversample)))
+    draws = (published_draws if mode == "published" else stable_draws)(total, reservoir_cap, seed)
 
     # Candidate score (§5.4).
     scores = score_terms(
-        score_inputs(qa, prof),
+        score_inputs(qa, prof, distinct.result()),
         qa_vds3=qa_vds3,
         qa_quality=qa_quality,
         has_metrics=has_metrics,
@@ -900,9 +1204,7 @@ def select_subsets(
     score = scores["score"].to_numpy()
     step("score")
 
-    # Seeded draws and candidate pools (§5.5).
-    reservoir_cap = max(uni_count, math.ceil(uni_count * max(1.0, profile.reservoir_oversample)))
-    draws = (published_draws if mode == "published" else stable_draws)(total, reservoir_cap, seed)
+    # Candidate pools (§5.5).
     pools, replayed = candidate_pools(
         prof.stratum_code, score, draws.tie, caps, published_heap=(mode == "published")
     )
@@ -910,9 +1212,7 @@ def select_subsets(
     tail_codes = prof.stratum_code[tail]
     grouped = tail[np.argsort(tail_codes, kind="stable")]
     bounds = np.searchsorted(np.sort(tail_codes, kind="stable"), np.arange(caps.size + 1))
-    strata_pools = {
-        c: grouped[bounds[c] : bounds[c + 1]].tolist() for c in np.unique(tail_codes).tolist()
-    }
+    strata_pools = {c: grouped[bounds[c] : bounds[c + 1]] for c in np.unique(tail_codes).tolist()}
     step("pools")
 
     attrs = _row_attrs(qa, np.concatenate([tail, draws.reservoir]), prof.stratum_code, temporal_set)
@@ -932,11 +1232,12 @@ def select_subsets(
     step("select")
 
     field_probs = prof.field_probs()
-    gdo_uids = set(qa["qa_uid"].gather(gdo.rows).to_list()) if gdo.rows else set()
-    uni_uids = set(qa["qa_uid"].gather(uni_rows).to_list()) if uni_rows else set()
+    gdo_uids = qa["qa_uid"].gather(gdo.rows).unique()
+    uni_uids = qa["qa_uid"].gather(uni_rows).unique()
+    shared = gdo_uids.len() + uni_uids.len() - pl.concat([gdo_uids, uni_uids]).n_unique()
     overlap = (
-        len(gdo_uids & uni_uids) / float(min(len(gdo_uids), len(uni_uids)))
-        if gdo_uids and uni_uids
+        shared / float(min(gdo_uids.len(), uni_uids.len()))
+        if gdo_uids.len() and uni_uids.len()
         else 0.0
     )
     n_sel = len(gdo.rows)
@@ -1001,7 +1302,6 @@ def sft_rows(
     mode: Mode,
 ) -> pl.DataFrame:
     """Output rows (one struct column per JSON key) in the published SFT shape; default mode adds stage and terms."""
-    idx = pl.Series("row", np.asarray(rows, dtype=np.int64))
     needed = [
         "qa_uid",
         "video_uid",
@@ -1014,11 +1314,12 @@ def sft_rows(
         "bucket",
         "data_source",
     ]
+    idx = pl.Series("row", np.asarray(rows, dtype=np.int64))
     sub = pl.concat([qa.select(needed)[idx], scores[idx]], how="horizontal")
     if stages is not None:
         sub = sub.with_columns(pl.Series("stage", list(stages), dtype=pl.String))
     is_video = pl.col("bucket") == BUCKET_VIDEO
-    counts = sorted(set(sub["n_frames"].to_list()) | {1})
+    counts = sorted(set(sub["n_frames"].unique().to_list()) | {1})
     image_tokens = pl.col("n_frames").replace_strict(
         {n: IMAGE_TOKEN * n for n in counts}, return_dtype=pl.String
     )
