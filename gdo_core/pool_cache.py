@@ -10,6 +10,7 @@ the newest `KEEP_ENTRIES` are kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "gdo" / "pools"
 
 
+@functools.cache
 def _code_digest() -> str:
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()

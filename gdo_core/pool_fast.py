@@ -33,6 +33,7 @@ from gdo_core.pool import (
     PoolResult,
     _is_json_array_file,
     _open_binary,
+    _rank_within_runs,
     iter_lines,
     parse_records,
     qa_frame,
@@ -55,9 +56,10 @@ _TRANSFORM = json.dumps(
 )
 _TEXT_OR_NULL = ("VARCHAR", "NULL")
 # bytes.strip() whitespace: a line of only these is blank for the exact path (and skipped by DuckDB).
-_SPACE_BYTES = np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)
-_SPACE_START = {bytes([b]) for b in b" \t\r\n\x0b\x0c"}
-_SPACE_AFTER_NEWLINE = re.compile(rb"\n[ \t\r\n\x0b\x0c]")
+_SPACE = b" \t\r\n\x0b\x0c"
+_SPACE_BYTES = np.frombuffer(_SPACE, dtype=np.uint8)
+_SPACE_START = {bytes([b]) for b in _SPACE}
+_SPACE_AFTER_NEWLINE = re.compile(b"\n[" + re.escape(_SPACE) + b"]")
 # Relative paths that pathlib would rewrite when joined ("a//b", "./a", "a/./b", "a/").
 _DOT_PART = r"(^|/)\.(/|$)"
 
@@ -208,11 +210,8 @@ def _pairs_of_batch(
         & pl.col("is_user").shift(1, fill_value=False)
         & (pl.col("fi").shift(1) == pl.col("fi")),
     ).filter(pl.col("paired"))
-    pairs = pairs.select(
-        "fi",
-        position=pl.int_range(pl.len(), dtype=pl.Int32).over("fi"),
-        user_raw="user_raw",
-        answer_raw="text",
+    pairs = pairs.select("fi", user_raw="user_raw", answer_raw="text").with_columns(
+        position=pl.Series(_rank_within_runs(pairs["fi"].to_numpy()), dtype=pl.Int32)
     )
     has_pair = np.zeros(batch.height, dtype=bool)
     has_pair[pairs["fi"].to_numpy()] = True
