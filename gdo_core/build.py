@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +29,15 @@ from gdo_core.pool_cache import cached_read_pool, default_cache_dir
 from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
 from gdo_core.select import (
+    ANSWER_DISTINCT,
     ExcludeMode,
     Mode,
+    PreparedMetrics,
     SelectionResult,
     SelectOptions,
+    answer_distinct_tokens,
     load_exclusion_reference,
+    prepare_metrics,
     select_subsets,
     sft_rows,
 )
@@ -79,6 +83,19 @@ class MetricsTable:
     format: str
     bad_rows: int = 0
     bad_examples: list[str] = field(default_factory=list)
+    prepared: PreparedMetrics | None = None  # `with_prepared`: the pool-free part of the metric terms
+
+    def with_prepared(self, mode: Mode) -> MetricsTable:
+        """The table with its metric terms prepared for a selection mode (`select.prepare_metrics`)."""
+        if self.prepared is None or self.prepared.mode != mode:
+            self.prepared = prepare_metrics(self.rows, mode) if self.rows.height else None
+        return self
+
+    def for_selection(self, mode: Mode) -> pl.DataFrame | PreparedMetrics:
+        """What `select_subsets` takes: the prepared terms when they fit the mode, else the rows."""
+        if self.prepared is not None and self.prepared.mode == mode:
+            return self.prepared
+        return self.rows
 
     def info(self) -> dict[str, Any]:
         """What the report says about the metrics input."""
@@ -276,28 +293,41 @@ def _line_count(raw: bytes | None, path: Path) -> int:
 # ---- published-compatibility glue ---------------------------------------------------------
 
 
-def published_view(qa: pl.DataFrame) -> pl.DataFrame:
+def published_view(qa: pl.DataFrame, *, mcq_collapsed: bool = False) -> pl.DataFrame:
     """The QA table as the published reader saw it: collapsed data_source (default name when empty),
-    MCQ tested case-insensitively on the collapsed question, groups and strata recomputed."""
+    MCQ tested case-insensitively on the collapsed question, groups and strata recomputed.
+
+    mcq_collapsed: question_form was already tested on the collapsed question (a pool parsed with
+    mcq_on_raw=False), so only the data_source side is redone; a table it leaves unchanged is returned as is.
+    """
     source = pl.col("data_source").fill_null("").str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars()
     default = pl.col("bucket").replace_strict(PUBLISHED_DEFAULT_SOURCE, default="")
     # data_source and its group once per distinct (data_source, bucket), then joined back
     sources = (
-        qa.select("data_source", "bucket")
-        .unique()
+        qa.select("data_source", "bucket", "source_group")
+        .unique(["data_source", "bucket"])
         .with_columns(published_source=pl.when(source == "").then(default).otherwise(source))
         .with_columns(published_group=source_group_expr("published_source"))
     )
+    same = (pl.col("published_source") == pl.col("data_source")) & (
+        pl.col("published_group") == pl.col("source_group")
+    )
+    if mcq_collapsed and sources.select(same.fill_null(False).all()).item():
+        return qa
+    sources = sources.drop("source_group")
     looked_up = qa.select("data_source", "bucket").join(
         sources, on=["data_source", "bucket"], how="left", nulls_equal=True, maintain_order="left"
     )
     out = qa.with_columns(
         data_source=looked_up["published_source"],
         source_group=looked_up["published_group"],
-        question_form=pl.when(pl.col("question").str.contains(MCQ_PATTERN))
-        .then(pl.lit(MCQ))
-        .otherwise(pl.lit(OPEN)),
     )
+    if not mcq_collapsed:
+        out = out.with_columns(
+            question_form=pl.when(pl.col("question").str.contains(MCQ_PATTERN))
+            .then(pl.lit(MCQ))
+            .otherwise(pl.lit(OPEN)),
+        )
     return out.with_columns(
         stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|")
     )
@@ -406,11 +436,15 @@ def build_from_pool(
     progress: bool = False,
     profiles_dir: Path | str | None = None,
     row_frames: pl.DataFrame | None = None,
+    mcq_collapsed: bool = False,
+    answer_distinct: Future | None = None,
 ) -> BuildResult:
     """Select and write both subsets from an already parsed QA table (QA_SCHEMA, scan order).
 
     row_frames: frame lists per (source_file, line) when `qa` has no `frames` column
-    (`read_pool(row_frames=True)`); only the selected rows get theirs.
+    (`read_pool(row_frames=True)`); only the selected rows get theirs. mcq_collapsed: the table's
+    MCQ test ran on the collapsed question (parsed with mcq_on_raw=False), as compat mode wants.
+    answer_distinct: `select.answer_distinct_tokens(qa)` being computed on another thread.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -435,7 +469,7 @@ def build_from_pool(
         metrics = load_metrics(metrics, strict=(mode == "default"))
     timings["metrics"] = time.perf_counter() - t0
     if mode == "published":
-        qa = published_view(qa)
+        qa = published_view(qa, mcq_collapsed=mcq_collapsed)
     exclusion = (
         load_exclusion_reference(list(exclude_reference), exclude_mode)
         if exclude_reference
@@ -457,7 +491,7 @@ def build_from_pool(
     result = select_subsets(
         qa,
         prof,
-        metrics=metrics.rows if metrics is not None else None,
+        metrics=metrics.for_selection(mode) if metrics is not None else None,
         options=SelectOptions(
             mode=mode,
             target_count=target_count,
@@ -468,6 +502,7 @@ def build_from_pool(
         ),
         exclusion=exclusion,
         step=step,
+        answer_distinct=answer_distinct,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -566,23 +601,46 @@ def build_subsets(
     frames = target_frames or prof.target_frames
     if frames < 1:
         raise BuildError(f"target frames must be >= 1, got {frames}")
-    # The metrics file loads on a thread while the pool is read (both release the GIL); a newly
-    # parsed pool is stored in the cache on that thread while the selection runs.
+    # The metrics file loads (and its pool-free terms are prepared) on a side thread while the
+    # pool is read; a newly parsed pool's answers are tokenised there next (overlapping the
+    # selection, which waits for them at the score), then the pool, with those counts, is stored
+    # in the cache.
     side = ThreadPoolExecutor(1)
+    mode: Mode = "published" if compat == "published" else "default"
     pending = (
-        side.submit(load_metrics, metrics, strict=(compat is None)) if metrics is not None else None
+        side.submit(lambda: load_metrics(metrics, strict=(compat is None)).with_prepared(mode))
+        if metrics is not None
+        else None
     )
-    stored: list[Future[None]] = []
+    stores: list[Callable[..., None]] = []
     try:
         cached = cached_read_pool(
             Path(onevision) if onevision is not None else None,
             Path(video) if video is not None else None,
             cache_dir=_cache_dir(cache, cache_dir),
-            defer_store=lambda write: stored.append(side.submit(write)),
+            defer_store=stores.append,
             target_frames=frames,
             mcq_on_raw=(compat is None),
             media_root=Path(media_root) if media_root is not None else None,
         )
+    except BaseException:
+        side.shutdown(cancel_futures=True)
+        raise
+    qa = cached.result.qa
+    distinct = (
+        side.submit(answer_distinct_tokens, qa) if ANSWER_DISTINCT not in qa.columns else None
+    )
+    stored = [
+        side.submit(
+            lambda write=write: write(
+                {ANSWER_DISTINCT: pl.Series(distinct.result(), dtype=pl.Int32)}
+                if distinct is not None
+                else None
+            )
+        )
+        for write in stores
+    ]
+    try:
         metrics_table = pending.result() if pending is not None else None
     except BaseException:
         side.shutdown(cancel_futures=True)
@@ -619,6 +677,8 @@ def build_subsets(
         progress=progress,
         profiles_dir=profiles_dir,
         row_frames=pool.frames,
+        mcq_collapsed=(compat is not None),  # the pool was parsed with mcq_on_raw=(compat is None)
+        answer_distinct=distinct,
     )
     for future in stored:
         future.result()

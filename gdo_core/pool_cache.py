@@ -78,14 +78,18 @@ def _load(entry: Path) -> P.PoolResult | None:
     return P.PoolResult(qa, rejects, frames)
 
 
-def store(entry: Path, result: P.PoolResult) -> None:
-    """Write an entry under a temporary name and rename it into place; keep the newest entries."""
+def store(entry: Path, result: P.PoolResult, qa_columns: dict[str, pl.Series] | None = None) -> None:
+    """Write an entry under a temporary name and rename it into place; keep the newest entries.
+
+    qa_columns: derived per-QA columns kept with the QA table (e.g. `select.ANSWER_DISTINCT`).
+    """
     root = entry.parent
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
     try:
         frames = result.frames if result.frames is not None else S.empty_frame(P.ROW_FRAMES_SCHEMA)
-        for part, frame in zip(_PARTS, (result.qa, result.rejects, frames)):
+        qa = result.qa.with_columns(**qa_columns) if qa_columns else result.qa
+        for part, frame in zip(_PARTS, (qa, result.rejects, frames)):
             frame.write_parquet(tmp / f"{part}.parquet", compression="lz4", statistics=False)
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
@@ -106,13 +110,13 @@ def cached_read_pool(
     video: Path | None,
     *,
     cache_dir: Path | None,
-    defer_store: Callable[[Callable[[], None]], None] | None = None,
+    defer_store: Callable[[Callable[..., None]], None] | None = None,
     **options: object,
 ) -> CachedPool:
     """`pool.read_pool(onevision, video, row_frames=True, **options)` through the cache in cache_dir.
 
-    cache_dir None: no cache. defer_store: runs the store later (e.g. on a thread while the
-    selection runs) instead of before returning.
+    cache_dir None: no cache. defer_store: is handed the store, `write(qa_columns=None)`, to run
+    later (e.g. on a thread while the selection runs) instead of before returning.
     """
     if cache_dir is None:
         return CachedPool(P.read_pool(onevision, video, row_frames=True, **options), "off")  # type: ignore[arg-type]
@@ -128,9 +132,9 @@ def cached_read_pool(
     if cache_key(files, options) != key:  # a file changed while it was read: do not store
         return CachedPool(result, "off", key)
 
-    def write() -> None:
+    def write(qa_columns: dict[str, pl.Series] | None = None) -> None:
         try:
-            store(entry, result)
+            store(entry, result, qa_columns)
         except OSError:  # a full or read-only cache folder must not fail the build
             pass
 

@@ -186,12 +186,23 @@ def pool_profile(qa: pl.DataFrame) -> PoolProfile:
     )
 
 
+ANSWER_DISTINCT = "answer_distinct"  # optional QA column: `answer_distinct_tokens` kept with a table
+
+
+def answer_distinct_tokens(qa: pl.DataFrame) -> np.ndarray:
+    """Distinct answer tokens per QA (the naturalness repeat term): the table's `answer_distinct`
+    column when it has one (e.g. a cached pool), else counted from the answers."""
+    if ANSWER_DISTINCT in qa.columns and not qa[ANSWER_DISTINCT].has_nulls():
+        return qa[ANSWER_DISTINCT].to_numpy().astype(np.int64)
+    return distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy())
+
+
 def score_inputs(
     qa: pl.DataFrame, prof: PoolProfile, distinct_answer: np.ndarray | None = None
 ) -> ScoreInputs:
     """The per-QA keys and per-stratum / per-source tables of the candidate score."""
     if distinct_answer is None:
-        distinct_answer = distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy())
+        distinct_answer = answer_distinct_tokens(qa)
     return ScoreInputs(
         question_len=qa["question_len"].to_numpy(),
         answer_len=qa["answer_len"].to_numpy(),
@@ -1029,65 +1040,85 @@ def _has_duplicates(values: pl.Series) -> bool:
 
 
 @dataclass
-class _MetricRows:
-    """The metrics rows as arrays and, per QA row, its metrics row (the last per qa_uid), -1 if none."""
+class PreparedMetrics:
+    """What the metric terms need from the metrics rows alone (no pool): one row per qa_uid (the
+    last wins, as in a dict keyed by qa_uid), the z-stats over every row and the z-terms per row.
 
+    `prepare_metrics` builds it; `gdo build` does so on a side thread while the pool is parsed.
+    """
+
+    mode: Mode
     rows: int
-    unique_rows: int
-    columns: dict[str, np.ndarray]  # every metrics row (the stats count duplicates)
-    unique_columns: dict[str, np.ndarray]  # one row per qa_uid
-    match: np.ndarray  # per QA row: index into the unique rows, -1 without one
+    uids: pl.DataFrame  # qa_uid of the unique rows, in their order
+    stats: dict[str, tuple[float, float]]
+    vds3: np.ndarray  # per unique row
+    quality: np.ndarray  # per unique row
 
 
-def _metric_rows(qa: pl.DataFrame, metrics: pl.DataFrame | None) -> _MetricRows | None:
-    """The polars half of the metric terms: column arrays and the qa_uid join."""
-    if metrics is None or metrics.height == 0:
-        return None
+def prepare_metrics(metrics: pl.DataFrame, mode: Mode) -> PreparedMetrics:
+    """`PreparedMetrics` of metrics rows (file order; duplicates count in the stats)."""
     columns = metric_columns(metrics)
-    # One metrics row per qa_uid (the last one wins, as in a dict keyed by qa_uid).
     if _has_duplicates(metrics["qa_uid"]):
         unique = metrics.unique(subset="qa_uid", keep="last", maintain_order=True)
         unique_columns = metric_columns(unique)
     else:
         unique, unique_columns = metrics, columns
+    stats = metric_stats_of(columns, running=(mode == "published"))
+    vds3, quality = metric_z_terms_of(unique_columns, unique.height, stats)
+    return PreparedMetrics(mode, metrics.height, unique.select("qa_uid"), stats, vds3, quality)
+
+
+def _metric_match(qa: pl.DataFrame, prepared: PreparedMetrics) -> np.ndarray:
+    """Per QA row: its row among the unique metrics rows, -1 without one."""
     # An unordered inner join (parallel) scattered back by QA row: at most one match per row.
     pairs = (
         qa.select("qa_uid")
         .with_row_index("qa_row")
-        .join(unique.select("qa_uid").with_row_index("match"), on="qa_uid", how="inner")
+        .join(prepared.uids.with_row_index("match"), on="qa_uid", how="inner")
     )
     match = np.full(qa.height, -1, dtype=np.int64)
     match[pairs["qa_row"].to_numpy()] = pairs["match"].to_numpy()
-    return _MetricRows(metrics.height, unique.height, columns, unique_columns, match)
+    return match
 
 
 def _metric_terms(
-    matched: _MetricRows | None, n: int, mode: Mode
+    prepared: PreparedMetrics | None, match: np.ndarray | None, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(vds3', q', has_metrics per QA row; vds3' per unique metrics row; stats) from the metrics rows."""
-    if matched is None:
+    if prepared is None or match is None:
         zeros = np.zeros(n)
         return zeros, zeros.copy(), np.zeros(n, dtype=bool), np.zeros(0), {}
-    stats = metric_stats_of(matched.columns, running=(mode == "published"))
-    vds3_all, quality_all = metric_z_terms_of(matched.unique_columns, matched.unique_rows, stats)
-    has = matched.match >= 0
-    at = np.where(has, matched.match, 0)
-    vds3 = np.where(has, vds3_all[at], 0.0)
-    quality = np.where(has, quality_all[at], 0.0)
+    has = match >= 0
+    at = np.where(has, match, 0)
+    vds3 = np.where(has, prepared.vds3[at], 0.0)
+    quality = np.where(has, prepared.quality[at], 0.0)
     info = {
-        "metric_rows": matched.rows,
-        "metric_unique_qa": matched.unique_rows,
+        "metric_rows": prepared.rows,
+        "metric_unique_qa": prepared.uids.height,
         "coverage_ratio": float(has.mean()) if n else 0.0,
-        "z_stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
+        "z_stats": {k: {"mean": m, "std": s} for k, (m, s) in prepared.stats.items()},
     }
-    return vds3, quality, has, vds3_all, info
+    return vds3, quality, has, prepared.vds3, info
 
 
 def _metric_terms_for_pool(
-    qa: pl.DataFrame, metrics: pl.DataFrame | None, mode: Mode
+    qa: pl.DataFrame, metrics: pl.DataFrame | PreparedMetrics | None, mode: Mode
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(vds3', q', has_metrics per QA row; vds3' per unique metrics row; stats) from the metrics rows."""
-    return _metric_terms(_metric_rows(qa, metrics), qa.height, mode)
+    prepared = _prepared(metrics, mode)
+    match = _metric_match(qa, prepared) if prepared is not None else None
+    return _metric_terms(prepared, match, qa.height)
+
+
+def _prepared(metrics: pl.DataFrame | PreparedMetrics | None, mode: Mode) -> PreparedMetrics | None:
+    """Prepared metrics (None without rows); prepared ones must be for this mode's stats."""
+    if isinstance(metrics, PreparedMetrics):
+        if metrics.mode != mode:
+            raise ValueError(f"metrics were prepared for {metrics.mode} mode, not {mode}")
+        return metrics if metrics.rows else None
+    if metrics is None or metrics.height == 0:
+        return None
+    return prepare_metrics(metrics, mode)
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
@@ -1102,12 +1133,18 @@ def select_subsets(
     qa: pl.DataFrame,
     profile: GoalProfile,
     *,
-    metrics: pl.DataFrame | None = None,
+    metrics: pl.DataFrame | PreparedMetrics | None = None,
     options: SelectOptions | None = None,
     exclusion: ExclusionReference | None = None,
     step: Callable[[str], None] | None = None,
+    answer_distinct: Future | None = None,
 ) -> SelectionResult:
-    """Build GDO 1x and Uni-10x from a QA table (QA_SCHEMA order = scan order) and optional metrics rows."""
+    """Build GDO 1x and Uni-10x from a QA table (QA_SCHEMA order = scan order) and optional metrics
+    rows (or `prepare_metrics` of them for options.mode).
+
+    answer_distinct: `answer_distinct_tokens(qa)` being computed elsewhere (only without an
+    exclusion list, which would drop rows).
+    """
     options = options or SelectOptions()
     step = step or (lambda _name: None)
     mode, ablations = options.mode, options.ablations
@@ -1138,14 +1175,19 @@ def select_subsets(
     strata_is_temporal = (
         strata_is_video & prof.strata["temporal_category"].is_in(list(temporal_set)).to_numpy()
     )
-    matched = _metric_rows(qa, metrics)
+    prepared = _prepared(metrics, mode)
+    match = _metric_match(qa, prepared) if prepared is not None else None
     # Tokenising the answers (polars threads, off the GIL) overlaps the Python and numpy work of
     # the budget and the draws; the polars work above comes first, as it would queue behind it.
-    distinct = _in_background(distinct_answer_tokens, qa["answer"], qa["answer_len"].to_numpy())
+    distinct = (
+        answer_distinct
+        if answer_distinct is not None and exclusion is None
+        else _in_background(answer_distinct_tokens, qa)
+    )
 
     # Budget (§5.2).
     qa_vds3, qa_quality, has_metrics, vds3_per_metric_row, metrics_info = _metric_terms(
-        matched, total, mode
+        prepared, match, total
     )
     fixed = (options.target_count or 0) > 0 or (options.target_ratio or 0) > 0
     if fixed:
@@ -1155,8 +1197,7 @@ def select_subsets(
     else:
         target_count, budget_info = B.auto_budget(total, stratum_counts.tolist(), profile)
         if (
-            metrics is not None
-            and metrics.height > 0
+            prepared is not None
             and not ablations.no_vds3_budget
             and budget_info.get("mode") == "distribution_auto"
         ):

@@ -1,0 +1,111 @@
+"""Work `gdo build` moves off the critical path gives the same selection: metric terms prepared
+from the metrics alone, answer token counts kept in the cache, the published view skipped when
+it would change nothing."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import polars as pl
+import pytest
+from test_pool_cache import _pool  # tests/ is on sys.path under pytest's default import mode
+from test_select import make_metrics, make_qa, small_profile
+
+from gdo_core import build as BLD
+from gdo_core import pool as P
+from gdo_core import select as S
+from gdo_core.candidate_score import distinct_answer_tokens
+
+
+@pytest.mark.parametrize("mode", ["default", "published"])
+def test_prepared_metrics_select_the_same(mode):
+    qa = make_qa()
+    metrics = make_metrics(qa)
+    metrics = pl.concat([metrics, metrics.head(7)])  # duplicated qa_uids: the last row wins
+    options = S.SelectOptions(mode=mode)
+    from_rows = S.select_subsets(qa, small_profile(), metrics=metrics, options=options)
+    prepared = S.prepare_metrics(metrics, mode)
+    from_prepared = S.select_subsets(qa, small_profile(), metrics=prepared, options=options)
+    assert from_prepared.gdo.rows == from_rows.gdo.rows
+    assert from_prepared.uni_rows == from_rows.uni_rows
+    assert json.dumps(from_prepared.report) == json.dumps(from_rows.report)
+    assert from_prepared.scores.equals(from_rows.scores)
+
+
+def test_prepared_metrics_must_match_the_mode():
+    qa = make_qa()
+    prepared = S.prepare_metrics(make_metrics(qa), "default")
+    with pytest.raises(ValueError, match="prepared for default mode"):
+        S.select_subsets(
+            qa, small_profile(), metrics=prepared, options=S.SelectOptions(mode="published")
+        )
+
+
+def test_answer_counts_given_or_kept_select_the_same():
+    qa = make_qa()
+    metrics = make_metrics(qa)
+    plain = S.select_subsets(qa, small_profile(), metrics=metrics)
+    counts = distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy())
+    with ThreadPoolExecutor(1) as side:
+        given = S.select_subsets(
+            qa,
+            small_profile(),
+            metrics=metrics,
+            answer_distinct=side.submit(S.answer_distinct_tokens, qa),
+        )
+    kept = S.select_subsets(
+        qa.with_columns(pl.Series(S.ANSWER_DISTINCT, counts, dtype=pl.Int32)),
+        small_profile(),
+        metrics=metrics,
+    )
+    for other in (given, kept):
+        assert other.gdo.rows == plain.gdo.rows and other.uni_rows == plain.uni_rows
+        assert other.scores.equals(plain.scores)
+    # a kept column is what the tokeniser counts, and what is used
+    wrong = qa.with_columns(pl.Series(S.ANSWER_DISTINCT, counts + 1, dtype=pl.Int32))
+    assert S.answer_distinct_tokens(wrong).tolist() == (counts + 1).tolist()
+
+
+def test_cache_entry_keeps_answer_counts(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    BLD.build_subsets("temp", ov, vv, tmp_path / "a", cache_dir=cache, progress=False)
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    kept = pl.read_parquet(entry / "qa.parquet")
+    expected = distinct_answer_tokens(kept["answer"], kept["answer_len"].to_numpy())
+    assert kept[S.ANSWER_DISTINCT].to_list() == expected.tolist()
+
+
+def _published_pool(tmp_path, messy: bool) -> pl.DataFrame:
+    ov, vv = _pool(tmp_path / "pool")
+    if messy:  # a data_source the published reader collapses, and one it replaces
+        lines = ov.read_text().splitlines()
+        row = json.loads(lines[0])
+        row["data_source"] = "  ai2d(cauldron)\t "
+        lines[0] = json.dumps(row)
+        row = json.loads(lines[1])
+        row.pop("data_source")
+        lines[1] = json.dumps(row)
+        ov.write_text("\n".join(lines) + "\n")
+    return P.read_pool(ov, vv, mcq_on_raw=False).qa
+
+
+@pytest.mark.parametrize("messy", [False, True])
+def test_published_view_of_a_compat_parse_needs_no_mcq_pass(tmp_path, messy):
+    qa = _published_pool(tmp_path, messy)
+    full = BLD.published_view(qa)
+    short = BLD.published_view(qa, mcq_collapsed=True)
+    assert short.equals(full)
+    assert (short is qa) == (not messy)  # nothing to change: the table itself
+    if messy:
+        assert not full["data_source"].equals(qa["data_source"])
+
+
+def test_published_view_keeps_the_mcq_test_without_the_flag():
+    qa = make_qa()
+    raw = qa.with_columns(question_form=pl.lit("Open"))  # as if tested on other text
+    out = BLD.published_view(raw)
+    expected = np.where(qa["question"].str.contains(BLD.MCQ_PATTERN).to_numpy(), "MCQ", "Open")
+    assert out["question_form"].to_list() == expected.tolist()
