@@ -623,66 +623,60 @@ def build_subsets(
             mcq_on_raw=(compat is None),
             media_root=Path(media_root) if media_root is not None else None,
         )
-    except BaseException:
-        side.shutdown(cancel_futures=True)
-        raise
-    qa = cached.result.qa
-    distinct = (
-        side.submit(answer_distinct_tokens, qa) if ANSWER_DISTINCT not in qa.columns else None
-    )
-    stored = [
-        side.submit(
-            lambda write=write: write(
-                {ANSWER_DISTINCT: pl.Series(distinct.result(), dtype=pl.Int32)}
-                if distinct is not None
-                else None
-            )
+        qa = cached.result.qa
+        distinct = (
+            side.submit(answer_distinct_tokens, qa) if ANSWER_DISTINCT not in qa.columns else None
         )
-        for write in stores
-    ]
-    try:
+        stored = [
+            side.submit(
+                lambda write=write: write(
+                    {ANSWER_DISTINCT: pl.Series(distinct.result(), dtype=pl.Int32)}
+                    if distinct is not None
+                    else None
+                )
+            )
+            for write in stores
+        ]
         metrics_table = pending.result() if pending is not None else None
-    except BaseException:
-        side.shutdown(cancel_futures=True)
-        raise
-    pool = cached.result
-    read_s = time.perf_counter() - t0
-    rejects = pool.rejects
-    pool_info = {
-        "onevision": str(onevision) if onevision is not None else None,
-        "video": str(video) if video is not None else None,
-        "qa_rows": pool.qa.height,
-        "rejects": rejects.height,
-        "rejects_per_reason": dict(rejects.group_by("reason").len().sort("reason").iter_rows())
-        if rejects.height
-        else {},
-    }
-    result = build_from_pool(
-        pool.qa,
-        prof,
-        out_dir,
-        metrics=metrics_table,
-        compat=compat,
-        target_count=target_count,
-        target_ratio=target_ratio,
-        ablations=Ablations(
-            no_vds=no_vds, no_ppl=no_ppl, no_sc=no_sc, no_vds3_budget=no_vds3_budget
-        ),
-        exclude_reference=exclude_reference,
-        exclude_mode=exclude_mode,
-        seed=seed,
-        uni_count=uni_count,
-        target_frames=frames,
-        pool_info=pool_info,
-        progress=progress,
-        profiles_dir=profiles_dir,
-        row_frames=pool.frames,
-        mcq_collapsed=(compat is not None),  # the pool was parsed with mcq_on_raw=(compat is None)
-        answer_distinct=distinct,
-    )
-    for future in stored:
-        future.result()
-    side.shutdown()
+        pool = cached.result
+        read_s = time.perf_counter() - t0
+        rejects = pool.rejects
+        pool_info = {
+            "onevision": str(onevision) if onevision is not None else None,
+            "video": str(video) if video is not None else None,
+            "qa_rows": pool.qa.height,
+            "rejects": rejects.height,
+            "rejects_per_reason": dict(rejects.group_by("reason").len().sort("reason").iter_rows())
+            if rejects.height
+            else {},
+        }
+        result = build_from_pool(
+            pool.qa,
+            prof,
+            out_dir,
+            metrics=metrics_table,
+            compat=compat,
+            target_count=target_count,
+            target_ratio=target_ratio,
+            ablations=Ablations(
+                no_vds=no_vds, no_ppl=no_ppl, no_sc=no_sc, no_vds3_budget=no_vds3_budget
+            ),
+            exclude_reference=exclude_reference,
+            exclude_mode=exclude_mode,
+            seed=seed,
+            uni_count=uni_count,
+            target_frames=frames,
+            pool_info=pool_info,
+            progress=progress,
+            profiles_dir=profiles_dir,
+            row_frames=pool.frames,
+            mcq_collapsed=(compat is not None),  # the pool was parsed with mcq_on_raw=(compat is None)
+            answer_distinct=distinct,
+        )
+        for future in stored:
+            future.result()
+    finally:  # a failed build leaves no work queued; a running store finishes
+        side.shutdown(wait=True, cancel_futures=True)
     result.parse_cache = cached.info()
     result.timings = {"read_pool": read_s, **{k: v + read_s for k, v in result.timings.items()}}
     return result

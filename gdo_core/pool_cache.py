@@ -10,12 +10,14 @@ the newest `KEEP_ENTRIES` are kept.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,10 @@ from gdo_core import pool as P
 from gdo_core import schema as S
 
 KEEP_ENTRIES = 4
+STALE_TMP_SECONDS = 24 * 3600
 _PARTS = ("qa", "rejects", "frames")
-_PARSER_MODULES = ("pool.py", "pool_fast.py", "strata.py", "schema.py", "pool_cache.py")
+# candidate_score.py: the answer tokeniser whose counts an entry keeps
+_PARSER_MODULES = ("pool.py", "pool_fast.py", "strata.py", "schema.py", "pool_cache.py", "candidate_score.py")
 
 
 def default_cache_dir() -> Path:
@@ -103,6 +107,12 @@ def store(entry: Path, result: P.PoolResult, qa_columns: dict[str, pl.Series] | 
     )
     for old in entries[KEEP_ENTRIES:]:
         shutil.rmtree(old, ignore_errors=True)
+    # temporary folders of builds that were killed while storing
+    stale = time.time() - STALE_TMP_SECONDS
+    for tmp_dir in root.glob(".*"):
+        with contextlib.suppress(OSError):
+            if tmp_dir.is_dir() and tmp_dir.stat().st_mtime < stale:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def cached_read_pool(
@@ -135,7 +145,7 @@ def cached_read_pool(
     def write(qa_columns: dict[str, pl.Series] | None = None) -> None:
         try:
             store(entry, result, qa_columns)
-        except OSError:  # a full or read-only cache folder must not fail the build
+        except (OSError, pl.exceptions.PolarsError):  # a full or read-only cache folder must not fail the build
             pass
 
     if defer_store is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import mmap
-import os
 import re
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from gdo_core.pool import (
     _is_json_array_file,
     _open_binary,
     _rank_within_runs,
+    _resolve,
     iter_lines,
     parse_records,
     qa_frame,
@@ -55,6 +55,23 @@ _TRANSFORM = json.dumps(
     }
 )
 _TEXT_OR_NULL = ("VARCHAR", "NULL")
+# DuckDB's reader is laxer than orjson (the row-by-row parser): it takes NaN/Infinity, numbers
+# out of orjson's range and trailing commas, and keeps the first of repeated keys where orjson
+# keeps the last. On DuckDB's re-serialised text (minified; NaN and number literals as written)
+# this RE2 pattern flags such rows, and repeats of the keys the fast path reads; flagged rows take
+# the exact path (a false alarm only costs speed).
+_NUMBER_START = "[:,\\[]-?"
+_LAX_JSON = "|".join(
+    [
+        _NUMBER_START + "(?i:nan|inf)",
+        _NUMBER_START + "[0-9]{19}",
+        _NUMBER_START + "[0-9]+(?:\\.[0-9]+)?[eE][-+]?[0-9]{3}",
+        *(f'"{key}":.*"{key}":' for key in ("id", "data_source", "video_id", "images", "image")),
+        *(f'"{key}":.*"{key}":' for key in ("messages", "conversations")),
+    ]
+)
+# Trailing commas leave no trace in DuckDB's text: found on the raw bytes instead.
+_TRAILING_COMMA = re.compile(rb",[ \t\r\n]*[\]}]")
 # bytes.strip() whitespace: a line of only these is blank for the exact path (and skipped by DuckDB).
 _SPACE = b" \t\r\n\x0b\x0c"
 _SPACE_BYTES = np.frombuffer(_SPACE, dtype=np.uint8)
@@ -90,12 +107,33 @@ def fast_messages_key(structure: str | None, kind: str) -> str | None:
 
 def nonblank_line_numbers(path: Path) -> np.ndarray:
     """1-based numbers of the lines that are not blank (whitespace only)."""
+    return scan_lines(path)[0]
+
+
+def scan_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(numbers of the non-blank lines, numbers of the lines with a trailing comma), 1-based."""
     path = Path(path)
     if path.name.endswith(".gz") or path.stat().st_size == 0:
         with _open_binary(path) as fh:
-            return _nonblank_in(fh.read())
+            raw = fh.read()
+        return _nonblank_in(raw), _trailing_comma_lines(raw)
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        return _nonblank_in(data)
+        return _nonblank_in(data), _trailing_comma_lines(data)
+
+
+def _trailing_comma_lines(data: bytes | mmap.mmap) -> np.ndarray:
+    """Numbers of the lines holding `,` then `]` or `}` (maybe inside a string: a false alarm)."""
+    hits = np.asarray([m.start() for m in _TRAILING_COMMA.finditer(data)], dtype=np.int64)
+    if not hits.size:
+        return np.zeros(0, dtype=np.int64)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.concatenate(
+        [
+            np.flatnonzero(buffer[i : i + _BLOCK_BYTES] == ord("\n")) + i
+            for i in range(0, buffer.size, _BLOCK_BYTES)
+        ]
+    )
+    return np.unique(np.searchsorted(newlines, hits) + 1)
 
 
 def _nonblank_in(data: bytes | mmap.mmap) -> np.ndarray:
@@ -142,7 +180,9 @@ def _sql(path: Path, kind: str, target_frames: int) -> str:
         )
     return f"""
         WITH src AS (
-            SELECT json_structure(json)::VARCHAR AS shape, json_transform(json, '{_TRANSFORM}') AS x
+            SELECT CASE WHEN NOT regexp_matches(json::VARCHAR, '{_LAX_JSON}')
+                        THEN json_structure(json)::VARCHAR END AS shape,
+                   json_transform(json, '{_TRANSFORM}') AS x
             FROM read_json('{src}', columns={{json: 'JSON'}}, records=false,
                            format='newline_delimited', ignore_errors=true)
         ), fields AS (
@@ -163,10 +203,9 @@ def _resolve_expr(media_root: Path | None) -> pl.Expr:
         return frames
     root = str(media_root)
 
-    def one(p: str) -> str:
-        return p if os.path.isabs(p) else str(media_root / p)
-
-    joined = pl.element().map_elements(one, return_dtype=pl.String)
+    joined = pl.element().map_elements(
+        lambda p: _resolve([p], media_root)[0], return_dtype=pl.String
+    )
     path = pl.element()
     odd = (
         path.str.contains("//", literal=True)
@@ -259,8 +298,10 @@ def _with_fast_key(batch: pl.DataFrame, kind: str) -> pl.DataFrame:
     shapes = batch["shape"].unique().to_list()
     keys = {shape: fast_messages_key(shape, kind) for shape in shapes if shape is not None}
     key = pl.col("shape").replace_strict(keys, default=None, return_dtype=pl.String)
+    messages = pl.when(key == "messages").then(pl.col("messages")).otherwise(pl.col("conversations"))
     usable = (
         (pl.col("row_id") != "")
+        & ~messages.list.eval(pl.element().is_null()).list.any()  # null messages: wrong_type
         & pl.col("frames").is_not_null()
         & (pl.col("frames").list.len() > 0)
         & (pl.col("frames").list.count_matches(None) == 0)
@@ -275,9 +316,11 @@ def _parse_batches(
     lines: np.ndarray,
     threads: int | None,
     row_frames: bool,
+    exact_lines: np.ndarray,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], list[np.ndarray]] | None:
     """(QA parts, reject parts, row-frame parts, lines for the exact path) of DuckDB's batches;
-    None when DuckDB's records do not line up with the file's lines."""
+    None when DuckDB's records do not line up with the file's lines. exact_lines always take the
+    exact path."""
     qa_parts: list[pl.DataFrame] = []
     reject_parts: list[pl.DataFrame] = []
     frame_parts: list[pl.DataFrame] = []
@@ -298,6 +341,9 @@ def _parse_batches(
             batch = batch.with_columns(line=pl.Series(lines[seen : seen + n]))
             seen += n
             batch = _with_fast_key(batch, pool.kind)
+            if exact_lines.size:
+                forced = pl.col("line").is_in(pl.Series(exact_lines).implode())
+                batch = batch.with_columns(key=pl.when(forced).then(None).otherwise("key"))
             slow.append(batch.filter(pl.col("key").is_null())["line"].to_numpy())
             fast = batch.filter(pl.col("key").is_not_null())
             del batch
@@ -335,9 +381,9 @@ def parse_file_fast(
     path = Path(pool.path)
     if _is_json_array_file(path):
         return None
-    lines = nonblank_line_numbers(path)
+    lines, exact_lines = scan_lines(path)
     try:
-        parsed = _parse_batches(path, pool, options, lines, threads, row_frames)
+        parsed = _parse_batches(path, pool, options, lines, threads, row_frames, exact_lines)
     except duckdb.Error:  # a file DuckDB cannot read at all: every line takes the exact path
         return None
     if parsed is None:

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 from gdo_core import build as BLD
@@ -135,3 +136,16 @@ def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("GDO_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert C.default_cache_dir() == tmp_path / "xdg" / "gdo" / "pools"
+
+
+def test_stale_temporary_folders_are_removed(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    stale, fresh = cache / ".killed.abc", cache / ".running.def"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "qa.parquet").write_bytes(b"partial")
+    old = time.time() - C.STALE_TMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    BLD.build_subsets("temp", ov, vv, tmp_path / "out", cache_dir=cache, progress=False)
+    assert not stale.exists() and fresh.exists()

@@ -111,8 +111,23 @@ ODD = [
         "images": ["a.jpg"],
         "messages": [{"role": 1, "content": "q"}, {"role": "assistant", "content": "a"}],
     },
+    {"id": "o15", "images": ["a.jpg"], "messages": [_msgs("q", "a")[0], None, _msgs("q", "a")[1]]},
+]
+_OK = '"images": ["a.jpg"], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]'
+# JSON that DuckDB's reader takes and orjson (the exact parser) rejects or reads otherwise.
+LAX_JSON = [
+    '{"id": "n1", ' + _OK + ', "score": NaN}',
+    '{"id": "n2", ' + _OK + ', "score": -Infinity}',
+    '{"id": "n3", ' + _OK + ', "score": 1e400}',
+    '{"id": "n4", ' + _OK + ', "score": 123456789012345678901234567890}',
+    '{"id": "n5", ' + _OK + ",}",
+    '{"id": "n6", "images": ["a.jpg", ], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"} ]}',
+    '{"id": "n7", "id": "n8", ' + _OK + "}",
+    '{"id": "n9", ' + _OK + ', "data_source": "x", "data_source": "y"}',
+    '{"id": "n10", "note": "a,} and ,] in text: NaN, inf", ' + _OK + "}",
 ]
 RAW_ODD = [
+    *LAX_JSON,
     "{not json",
     "[1, 2]",
     "null",
