@@ -55,23 +55,12 @@ _TRANSFORM = json.dumps(
     }
 )
 _TEXT_OR_NULL = ("VARCHAR", "NULL")
-# DuckDB's reader is laxer than orjson (the row-by-row parser): it takes NaN/Infinity, numbers
-# out of orjson's range and trailing commas, and keeps the first of repeated keys where orjson
-# keeps the last. On DuckDB's re-serialised text (minified; NaN and number literals as written)
-# this RE2 pattern flags such rows, and repeats of the keys the fast path reads; flagged rows take
-# the exact path (a false alarm only costs speed).
-_NUMBER_START = "[:,\\[]-?"
-_LAX_JSON = "|".join(
-    [
-        _NUMBER_START + "(?i:nan|inf)",
-        _NUMBER_START + "[0-9]{19}",
-        _NUMBER_START + "[0-9]+(?:\\.[0-9]+)?[eE][-+]?[0-9]{3}",
-        *(f'"{key}":.*"{key}":' for key in ("id", "data_source", "video_id", "images", "image")),
-        *(f'"{key}":.*"{key}":' for key in ("messages", "conversations")),
-    ]
-)
-# Trailing commas leave no trace in DuckDB's text: found on the raw bytes instead.
-_TRAILING_COMMA = re.compile(rb",[ \t\r\n]*[\]}]")
+# DuckDB's reader is laxer than orjson (the row-by-row parser): it takes NaN/Infinity and numbers
+# out of double range, which orjson rejects. Both are typed DOUBLE by json_structure and kept as
+# written in DuckDB's re-serialised text, so rows with a DOUBLE are searched for them (RE2) and
+# take the exact path on a hit (a false alarm only costs speed). Known differences that remain:
+# DuckDB also takes trailing commas and keeps the first of a repeated key (orjson: the last).
+_LAX_NUMBER = "[:,\\[]-?(?:[Nn][Aa][Nn]|[Ii][Nn][Ff]|[0-9]+(?:\\.[0-9]+)?[eE][-+]?[0-9]{3})"
 # bytes.strip() whitespace: a line of only these is blank for the exact path (and skipped by DuckDB).
 _SPACE = b" \t\r\n\x0b\x0c"
 _SPACE_BYTES = np.frombuffer(_SPACE, dtype=np.uint8)
@@ -107,33 +96,12 @@ def fast_messages_key(structure: str | None, kind: str) -> str | None:
 
 def nonblank_line_numbers(path: Path) -> np.ndarray:
     """1-based numbers of the lines that are not blank (whitespace only)."""
-    return scan_lines(path)[0]
-
-
-def scan_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(numbers of the non-blank lines, numbers of the lines with a trailing comma), 1-based."""
     path = Path(path)
     if path.name.endswith(".gz") or path.stat().st_size == 0:
         with _open_binary(path) as fh:
-            raw = fh.read()
-        return _nonblank_in(raw), _trailing_comma_lines(raw)
+            return _nonblank_in(fh.read())
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        return _nonblank_in(data), _trailing_comma_lines(data)
-
-
-def _trailing_comma_lines(data: bytes | mmap.mmap) -> np.ndarray:
-    """Numbers of the lines holding `,` then `]` or `}` (maybe inside a string: a false alarm)."""
-    hits = np.asarray([m.start() for m in _TRAILING_COMMA.finditer(data)], dtype=np.int64)
-    if not hits.size:
-        return np.zeros(0, dtype=np.int64)
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.concatenate(
-        [
-            np.flatnonzero(buffer[i : i + _BLOCK_BYTES] == ord("\n")) + i
-            for i in range(0, buffer.size, _BLOCK_BYTES)
-        ]
-    )
-    return np.unique(np.searchsorted(newlines, hits) + 1)
+        return _nonblank_in(data)
 
 
 def _nonblank_in(data: bytes | mmap.mmap) -> np.ndarray:
@@ -179,12 +147,16 @@ def _sql(path: Path, kind: str, target_frames: int) -> str:
             f"lambda i: media[round_even(i * (len(media) - 1) / {t - 1}, 0)::BIGINT + 1]) END"
         )
     return f"""
-        WITH src AS (
-            SELECT CASE WHEN NOT regexp_matches(json::VARCHAR, '{_LAX_JSON}')
-                        THEN json_structure(json)::VARCHAR END AS shape,
-                   json_transform(json, '{_TRANSFORM}') AS x
+        WITH raw AS (
+            SELECT json, json_structure(json)::VARCHAR AS shape
             FROM read_json('{src}', columns={{json: 'JSON'}}, records=false,
                            format='newline_delimited', ignore_errors=true)
+        ), src AS (
+            SELECT CASE WHEN contains(shape, 'DOUBLE')
+                         AND regexp_matches(json::VARCHAR, '{_LAX_NUMBER}') THEN NULL
+                        ELSE shape END AS shape,
+                   json_transform(json, '{_TRANSFORM}') AS x
+            FROM raw
         ), fields AS (
             SELECT shape, x.id AS row_id, x.data_source, x.video_id, x.messages, x.conversations,
                    CASE WHEN x.images IS NOT NULL THEN x.images
@@ -316,11 +288,9 @@ def _parse_batches(
     lines: np.ndarray,
     threads: int | None,
     row_frames: bool,
-    exact_lines: np.ndarray,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], list[np.ndarray]] | None:
     """(QA parts, reject parts, row-frame parts, lines for the exact path) of DuckDB's batches;
-    None when DuckDB's records do not line up with the file's lines. exact_lines always take the
-    exact path."""
+    None when DuckDB's records do not line up with the file's lines."""
     qa_parts: list[pl.DataFrame] = []
     reject_parts: list[pl.DataFrame] = []
     frame_parts: list[pl.DataFrame] = []
@@ -341,9 +311,6 @@ def _parse_batches(
             batch = batch.with_columns(line=pl.Series(lines[seen : seen + n]))
             seen += n
             batch = _with_fast_key(batch, pool.kind)
-            if exact_lines.size:
-                forced = pl.col("line").is_in(pl.Series(exact_lines).implode())
-                batch = batch.with_columns(key=pl.when(forced).then(None).otherwise("key"))
             slow.append(batch.filter(pl.col("key").is_null())["line"].to_numpy())
             fast = batch.filter(pl.col("key").is_not_null())
             del batch
@@ -381,9 +348,9 @@ def parse_file_fast(
     path = Path(pool.path)
     if _is_json_array_file(path):
         return None
-    lines, exact_lines = scan_lines(path)
+    lines = nonblank_line_numbers(path)
     try:
-        parsed = _parse_batches(path, pool, options, lines, threads, row_frames, exact_lines)
+        parsed = _parse_batches(path, pool, options, lines, threads, row_frames)
     except duckdb.Error:  # a file DuckDB cannot read at all: every line takes the exact path
         return None
     if parsed is None:
