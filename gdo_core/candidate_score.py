@@ -150,17 +150,11 @@ def _z(values: np.ndarray, stat: tuple[float, float] | None) -> np.ndarray:
     return np.clip((values - mean) / std, -Z_CAP, Z_CAP)
 
 
-def metric_z_terms(
-    metrics: pl.DataFrame, stats: dict[str, tuple[float, float]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(vds3', q') per metrics row: -z(loss_video)+z(loss_blind)+z(frame_div), else fallbacks; z(quality)."""
-    return metric_z_terms_of(metric_columns(metrics), metrics.height, stats)
-
-
 def metric_z_terms_of(
     columns: dict[str, np.ndarray], n_rows: int, stats: dict[str, tuple[float, float]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`metric_z_terms` of n_rows rows given as columns from `metric_columns`."""
+    """(vds3', q') per metrics row, n_rows rows given as columns from `metric_columns`:
+    -z(loss_video)+z(loss_blind)+z(frame_div), else fallbacks; z(quality)."""
     z = {}
     for col in METRIC_COLUMNS:
         values = columns[col] if col in columns else np.full(n_rows, np.nan)

@@ -1142,8 +1142,8 @@ def select_subsets(
     """Build GDO 1x and Uni-10x from a QA table (QA_SCHEMA order = scan order) and optional metrics
     rows (or `prepare_metrics` of them for options.mode).
 
-    answer_distinct: `answer_distinct_tokens(qa)` being computed elsewhere (only without an
-    exclusion list, which would drop rows).
+    answer_distinct: `answer_distinct_tokens(qa)` being computed elsewhere (ignored when the
+    exclusion guard drops rows).
     """
     options = options or SelectOptions()
     step = step or (lambda _name: None)
@@ -1152,6 +1152,7 @@ def select_subsets(
     temporal_set = tuple(profile.temporal_categories)
 
     exclusion_info: dict[str, Any] = {"enabled": False}
+    rows_dropped = False  # a given answer_distinct fits the table only while no row was dropped
     if exclusion is not None and (exclusion.questions or exclusion.qa_pairs):
         reason = exclusion_reason(qa, exclusion)
         keep = reason.is_null()
@@ -1161,7 +1162,8 @@ def select_subsets(
             "excluded": int((~keep).sum()),
             "excluded_reason": dict(sorted(excluded.iter_rows())),
         }
-        qa = qa.filter(keep)
+        rows_dropped = exclusion_info["excluded"] > 0
+        qa = qa.filter(keep) if rows_dropped else qa
     elif exclusion is not None:
         exclusion_info = {**exclusion.stats, "excluded": 0, "excluded_reason": {}}
     if qa.height == 0:
@@ -1181,7 +1183,7 @@ def select_subsets(
     # the budget and the draws; the polars work above comes first, as it would queue behind it.
     distinct = (
         answer_distinct
-        if answer_distinct is not None and exclusion is None
+        if answer_distinct is not None and not rows_dropped
         else _in_background(answer_distinct_tokens, qa)
     )
 
