@@ -491,12 +491,34 @@ def candidate_pools(
         tied = np.nonzero((caps > 0) & (np.bincount(ranked_codes, minlength=caps.size) > caps))[0]
         if tied.size:
             replayed = int(tied.size)
-            parts = [pools[~np.isin(ranked_codes[top], tied)]]
-            for c in tied.tolist():
-                rows = by_code[starts[c] : starts[c] + sizes[c]]
-                parts.append(np.asarray(_heap_pool(rows, score, tie, int(caps[c])), dtype=np.int64))
-            pools = np.concatenate(parts)
+            pools = _replay_tied(
+                pools,
+                ranked_codes[top],
+                tied,
+                lambda c: by_code[starts[c] : starts[c] + sizes[c]],
+                score,
+                tie,
+                caps,
+            )
     return pools, replayed
+
+
+def _replay_tied(
+    pools: np.ndarray,
+    pool_codes: np.ndarray,
+    tied: np.ndarray,
+    stratum_rows: Callable[[int], np.ndarray],
+    score: np.ndarray,
+    tie: np.ndarray,
+    caps: np.ndarray,
+) -> np.ndarray:
+    """The pools with each tied stratum's pool replaced by the published heap's over its rows (scan order)."""
+    parts = [pools[~np.isin(pool_codes, tied)]]
+    for c in tied.tolist():
+        parts.append(
+            np.asarray(_heap_pool(stratum_rows(c), score, tie, int(caps[c])), dtype=np.int64)
+        )
+    return np.concatenate(parts)
 
 
 def _top_per_stratum(
@@ -530,13 +552,15 @@ def _candidate_pools_sorted(
             tied = over[at_cap == below]
             if tied.size:
                 replayed = int(tied.size)
-                parts = [pools[~np.isin(codes_sorted[keep], tied)]]
-                for c in tied.tolist():
-                    rows = np.sort(order[starts[c] : ends[c]])
-                    parts.append(
-                        np.asarray(_heap_pool(rows, score, tie, int(caps[c])), dtype=np.int64)
-                    )
-                pools = np.concatenate(parts)
+                pools = _replay_tied(
+                    pools,
+                    codes_sorted[keep],
+                    tied,
+                    lambda c: np.sort(order[starts[c] : ends[c]]),
+                    score,
+                    tie,
+                    caps,
+                )
     return pools, replayed
 
 
