@@ -1082,14 +1082,20 @@ class PreparedMetrics:
 def prepare_metrics(metrics: pl.DataFrame, mode: Mode) -> PreparedMetrics:
     """`PreparedMetrics` of metrics rows (file order; duplicates count in the stats)."""
     columns = metric_columns(metrics)
-    if _has_duplicates(metrics["qa_uid"]):
-        unique = metrics.unique(subset="qa_uid", keep="last", maintain_order=True)
-        unique_columns = metric_columns(unique)
+    uids = metrics.select("qa_uid")
+    if _has_duplicates(metrics["qa_uid"]):  # the last row of each qa_uid, in first-seen order
+        kept = (
+            uids.with_row_index("row")
+            .unique(subset="qa_uid", keep="last", maintain_order=True)["row"]
+            .to_numpy()
+        )
+        uids = uids[kept]
+        columns_kept = {col: values[kept] for col, values in columns.items()}
     else:
-        unique, unique_columns = metrics, columns
+        columns_kept = columns
     stats = metric_stats_of(columns, running=(mode == "published"))
-    vds3, quality = metric_z_terms_of(unique_columns, unique.height, stats)
-    return PreparedMetrics(mode, metrics.height, unique.select("qa_uid"), stats, vds3, quality)
+    vds3, quality = metric_z_terms_of(columns_kept, uids.height, stats)
+    return PreparedMetrics(mode, metrics.height, uids, stats, vds3, quality)
 
 
 def _metric_match(qa: pl.DataFrame, prepared: PreparedMetrics) -> np.ndarray:

@@ -34,6 +34,23 @@ def test_prepared_metrics_select_the_same(mode):
     assert from_prepared.scores.equals(from_rows.scores)
 
 
+@pytest.mark.parametrize("mode", ["default", "published"])
+def test_prepared_metrics_take_the_last_row_of_a_repeated_qa_uid(mode):
+    from gdo_core.candidate_score import metric_columns, metric_stats_of, metric_z_terms_of
+
+    metrics = make_metrics(make_qa())
+    changed = metrics.head(7).with_columns(pl.col(pl.Float64) * 3 + 1)  # same qa_uids, new values
+    rows = pl.concat([metrics, changed])
+    prepared = S.prepare_metrics(rows, mode)
+    last = rows.unique(subset="qa_uid", keep="last", maintain_order=True)
+    stats = metric_stats_of(metric_columns(rows), running=(mode == "published"))  # every row counts
+    vds3, quality = metric_z_terms_of(metric_columns(last), last.height, stats)
+    assert prepared.uids["qa_uid"].to_list() == last["qa_uid"].to_list()
+    assert prepared.stats == stats
+    np.testing.assert_array_equal(prepared.vds3, vds3)
+    np.testing.assert_array_equal(prepared.quality, quality)
+
+
 def test_prepared_metrics_must_match_the_mode():
     qa = make_qa()
     prepared = S.prepare_metrics(make_metrics(qa), "default")
