@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import mmap
-import re
 from pathlib import Path
 
 import duckdb
@@ -65,7 +64,6 @@ _LAX_NUMBER = "[:,\\[]-?(?:[Nn][Aa][Nn]|[Ii][Nn][Ff]|[0-9]+(?:\\.[0-9]+)?[eE][-+
 _SPACE = b" \t\r\n\x0b\x0c"
 _SPACE_BYTES = np.frombuffer(_SPACE, dtype=np.uint8)
 _SPACE_START = {bytes([b]) for b in _SPACE}
-_SPACE_AFTER_NEWLINE = re.compile(b"\n[" + re.escape(_SPACE) + b"]")
 # Relative paths that pathlib would rewrite when joined ("a//b", "./a", "a/./b", "a/").
 _DOT_PART = r"(^|/)\.(/|$)"
 
@@ -111,12 +109,16 @@ def _nonblank_in(data: bytes | mmap.mmap) -> np.ndarray:
     if size == 0:
         return np.zeros(0, dtype=np.int64)
     buffer = np.frombuffer(data, dtype=np.uint8)
-    n = sum(
-        int(np.count_nonzero(buffer[i : i + _BLOCK_BYTES] == ord("\n")))
-        for i in range(0, size, _BLOCK_BYTES)
+    newlines = np.concatenate(
+        [
+            np.flatnonzero(buffer[i : i + _BLOCK_BYTES] == ord("\n")) + i
+            for i in range(0, size, _BLOCK_BYTES)
+        ]
     )
+    n = newlines.size
     last_partial = buffer[-1] != ord("\n")
-    if data[:1] not in _SPACE_START and not _SPACE_AFTER_NEWLINE.search(data):
+    after = newlines[newlines + 1 < size] + 1  # the first byte of every line but the first
+    if data[:1] not in _SPACE_START and not np.isin(buffer[after], _SPACE_BYTES).any():
         return np.arange(1, n + 1 + int(last_partial), dtype=np.int64)
     whole = bytes(data) + (b"\n" if last_partial else b"")
     return np.delete(

@@ -248,6 +248,25 @@ def test_nonblank_line_numbers_skip_whitespace_lines(tmp_path):
     assert np.array_equal(nonblank_line_numbers(big), expected)
 
 
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 64])
+def test_nonblank_line_numbers_across_block_boundaries(tmp_path, monkeypatch, block):
+    import gdo_core.pool_fast as F
+
+    monkeypatch.setattr(F, "_BLOCK_BYTES", block)
+    cases = {
+        b'{"a":1}\n{"b":2}\n': [1, 2],
+        b'{"a":1}\n{"b":2}': [1, 2],  # last line without a newline
+        b'  {"a":1}\n\t\n{"b":2}\n': [1, 3],  # indented lines are not blank
+        b"\n\n{}\n \n": [3],
+        b"\x0b\n{}": [2],
+        b"{}\n\x0c": [1],
+    }
+    for data, expected in cases.items():
+        path = tmp_path / "x.jsonl"
+        path.write_bytes(data)
+        assert nonblank_line_numbers(path).tolist() == expected, data
+
+
 def test_fast_key_accepts_only_shapes_the_exact_parser_reads_alike():
     ok = {
         "id": "VARCHAR",
