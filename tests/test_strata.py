@@ -42,6 +42,21 @@ def test_token_count(text, n):
     assert strata.count_tokens(text) == n
 
 
+def test_token_counts_match_the_scalar_count(monkeypatch):
+    import random
+
+    monkeypatch.setattr(strata, "_TOKEN_CHUNK_ROWS", 97)  # many chunks, texts across their edges
+    rng = random.Random(5)
+    alphabet = [*"abcXYZ019_ .,?!-\n\t", "é", "ß", "\u212a", "\u0130", "中", "😀", "\u00a0"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 3, 40]))) for _ in range(2000)]
+    texts[7] = None
+    column = pl.concat([pl.Series("q", texts[:500]), pl.Series("q", texts[500:])], rechunk=False)
+    expected = [None if t is None else strata.count_tokens(t) for t in texts]
+    assert strata.token_counts(column).to_list() == expected
+    assert strata.token_counts(column.slice(3, 400)).to_list() == expected[3:403]
+    assert strata.token_counts(pl.Series("q", [], dtype=pl.String)).to_list() == []
+
+
 RAW_MCQ = "<video>\nWhich way does it move?\nA. left\nB. right"
 
 
