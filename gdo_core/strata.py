@@ -224,15 +224,17 @@ def with_stratum_fields(qa: pl.DataFrame, mcq_text_col: str = "user_text") -> pl
     """
     is_image = pl.col("bucket") == BUCKET_IMAGE
     temporal = pl.col("question").str.contains(TEMPORAL_PATTERN)
+    if (qa["bucket"] == BUCKET_IMAGE).all():  # image QAs only (a OneVision file): no regex to run
+        category = pl.lit(STATIC)
+    else:
+        category = (
+            pl.when(is_image).then(pl.lit(STATIC)).when(temporal).then(pl.lit(TEMPORAL))
+        ).otherwise(pl.lit(MIXED))
     out = qa.with_columns(
         question_len=token_counts(qa["question"]),
         answer_len=token_counts(qa["answer"]),
         duration_bucket=_edge_expr(pl.col("n_frames"), DURATION_EDGES, DURATION_TOP),
-        temporal_category=pl.when(is_image)
-        .then(pl.lit(STATIC))
-        .when(temporal)
-        .then(pl.lit(TEMPORAL))
-        .otherwise(pl.lit(MIXED)),
+        temporal_category=category,
         question_form=pl.when(pl.col(mcq_text_col).str.contains(MCQ_PATTERN))
         .then(pl.lit(MCQ))
         .otherwise(pl.lit(OPEN)),

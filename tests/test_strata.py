@@ -151,3 +151,7 @@ def test_vectorised_fields_match_scalar_functions():
         assert {f: row[f] for f in STRATUM_FIELDS} == expected
         assert row["stratum"] == strata.stratum_key(expected)
     assert out["question_form"].to_list() == ["Open", "Open", "MCQ", "Open"]
+    # a frame of image QAs only (one OneVision file) skips the temporal regex, same fields
+    images = pl.DataFrame(rows).filter(pl.col("bucket") == BUCKET_IMAGE)
+    assert strata.with_stratum_fields(images).equals(out.filter(pl.col("bucket") == BUCKET_IMAGE))
+    assert strata.with_stratum_fields(images.head(0)).height == 0
