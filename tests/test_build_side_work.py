@@ -15,6 +15,7 @@ from test_select import make_metrics, make_qa, small_profile
 
 from gdo_core import build as BLD
 from gdo_core import pool as P
+from gdo_core import pool_cache as C
 from gdo_core import select as S
 from gdo_core.candidate_score import distinct_answer_tokens
 
@@ -90,7 +91,7 @@ def test_cache_entry_keeps_answer_counts(tmp_path):
     cache = tmp_path / "cache"
     BLD.build_subsets("temp", ov, vv, tmp_path / "a", cache_dir=cache, progress=False)
     (entry,) = [p for p in cache.iterdir() if p.is_dir()]
-    kept = pl.read_parquet(entry / "qa.parquet")
+    kept = C._load(entry).qa
     expected = distinct_answer_tokens(kept["answer"], kept["answer_len"].to_numpy())
     assert kept[S.ANSWER_DISTINCT].to_list() == expected.tolist()
 

@@ -6,6 +6,9 @@ import random
 import time
 from pathlib import Path
 
+import polars as pl
+import pytest
+
 from gdo_core import build as BLD
 from gdo_core import pool_cache as C
 
@@ -101,14 +104,30 @@ def test_changed_file_or_options_miss(tmp_path):
     assert run() == "miss" and run() == "hit"
 
 
-def test_damaged_entry_is_parsed_again_and_old_entries_are_dropped(tmp_path):
+def test_hit_gives_the_parsed_tables_column_for_column(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    missed = C.cached_read_pool(ov, vv, cache_dir=cache, target_frames=8)
+    hit = C.cached_read_pool(ov, vv, cache_dir=cache, target_frames=8)
+    assert (missed.status, hit.status) == ("miss", "hit")
+    assert hit.result.qa.schema == missed.result.qa.schema  # same columns, same order
+    assert hit.result.qa.equals(missed.result.qa)
+    assert hit.result.frames.equals(missed.result.frames)
+    assert hit.result.rejects.equals(missed.result.rejects)
+    entry = cache / hit.key
+    assert pl.read_parquet_schema(entry / "text.parquet") == {"question": pl.String, "answer": pl.String}
+    assert "question" not in pl.read_parquet_schema(entry / "qa.parquet")
+
+
+@pytest.mark.parametrize("part", ["qa.parquet", "text.parquet", "columns.json"])
+def test_damaged_entry_is_parsed_again_and_old_entries_are_dropped(tmp_path, part):
     ov, vv = _pool(tmp_path / "pool")
     cache = tmp_path / "cache"
     BLD.build_subsets(
         "temp", ov, vv, tmp_path / "out", cache_dir=cache, progress=False, target_count=20
     )
     (entry,) = [p for p in cache.iterdir() if p.is_dir()]
-    (entry / "qa.parquet").write_bytes(b"not parquet")
+    (entry / part).write_bytes(b"not parquet")
     again = BLD.build_subsets(
         "temp", ov, vv, tmp_path / "out", cache_dir=cache, progress=False, target_count=20
     )
