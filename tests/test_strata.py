@@ -1,5 +1,8 @@
 """Stratum fields: every bucket edge, MCQ on raw text, temporal cues, source groups."""
 
+import re
+
+import numpy as np
 import polars as pl
 import pytest
 
@@ -40,6 +43,12 @@ def test_answer_length_edges(tokens, label):
 )
 def test_token_count(text, n):
     assert strata.count_tokens(text) == n
+
+
+def test_token_bytes_are_the_token_pattern_characters():
+    every = np.arange(256, dtype=np.uint8)
+    expected = [re.fullmatch(strata.TOKEN_PATTERN, chr(b)) is not None for b in range(128)]
+    assert strata.is_token_byte(every).tolist() == expected + [False] * 128
 
 
 def test_token_counts_match_the_scalar_count(monkeypatch):
