@@ -127,3 +127,18 @@ def test_published_view_keeps_the_mcq_test_without_the_flag():
     out = BLD.published_view(raw)
     expected = np.where(qa["question"].str.contains(BLD.MCQ_PATTERN).to_numpy(), "MCQ", "Open")
     assert out["question_form"].to_list() == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\n", b"a", b"a\n", b"a\nb", b"a\n\nb\n", b"\n\n\n", b"x" * 100 + b"\n" + b"y"],
+)
+def test_line_count_of_a_file_matches_its_bytes(tmp_path, content):
+    """The metrics reader's line count (a short read means rows were skipped): a last line without
+    a newline counts, blank lines count."""
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(content)
+    assert BLD._line_count(None, path) == BLD._line_count(content, path)
+    assert BLD._line_count(None, path) == content.count(b"\n") + (
+        0 if not content or content.endswith(b"\n") else 1
+    )
