@@ -115,11 +115,11 @@ def test_hit_gives_the_parsed_tables_column_for_column(tmp_path):
     assert hit.result.frames.equals(missed.result.frames)
     assert hit.result.rejects.equals(missed.result.rejects)
     entry = cache / hit.key
-    assert pl.read_parquet_schema(entry / "text.parquet") == {"question": pl.String, "answer": pl.String}
+    assert pl.read_ipc_schema(entry / "text.arrow") == {"question": pl.String, "answer": pl.String}
     assert "question" not in pl.read_parquet_schema(entry / "qa.parquet")
 
 
-@pytest.mark.parametrize("part", ["qa.parquet", "text.parquet", "columns.json"])
+@pytest.mark.parametrize("part", ["qa.parquet", "text.arrow", "columns.json"])
 def test_damaged_entry_is_parsed_again_and_old_entries_are_dropped(tmp_path, part):
     ov, vv = _pool(tmp_path / "pool")
     cache = tmp_path / "cache"
