@@ -514,20 +514,26 @@ def build_from_pool(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gdo_name, uni_name = output_names(frames)
-    gdo_rows = _output_rows(result, result.gdo.rows, result.gdo.stages, mode, row_frames)
-    uni_rows = _output_rows(result, result.uni_rows, None, mode, row_frames)
-    with ThreadPoolExecutor(2) as writers:
-        done = [
-            writers.submit(_write_ndjson_atomic, gdo_rows, out / gdo_name),
-            writers.submit(_write_ndjson_atomic, uni_rows, out / uni_name),
-        ]
-        for future in done:
-            future.result()
-    members = members_table(prof.name, result)
     members_path = out / "subset_members.parquet"
-    tmp = members_path.with_name(f".{members_path.name}.{os.getpid()}.tmp")
-    members.write_parquet(tmp, statistics=True)
-    os.replace(tmp, members_path)
+
+    def write_uni() -> None:
+        uni_rows = _output_rows(result, result.uni_rows, None, mode, row_frames)
+        _write_ndjson_atomic(uni_rows, out / uni_name)
+
+    def write_gdo_and_members() -> pl.DataFrame:
+        gdo_rows = _output_rows(result, result.gdo.rows, result.gdo.stages, mode, row_frames)
+        _write_ndjson_atomic(gdo_rows, out / gdo_name)
+        members = members_table(prof.name, result)
+        tmp = members_path.with_name(f".{members_path.name}.{os.getpid()}.tmp")
+        members.write_parquet(tmp, statistics=True)
+        os.replace(tmp, members_path)
+        return members
+
+    # The Uni-10x file is the long one: the GDO file and the members table are written beside it.
+    with ThreadPoolExecutor(2) as writers:
+        uni_done = writers.submit(write_uni)
+        members = writers.submit(write_gdo_and_members).result()
+        uni_done.result()
     report = {
         **result.report,
         "target_frames": frames,
