@@ -15,7 +15,7 @@ import math
 import mmap
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +62,7 @@ SFT_QA_COLUMNS = frozenset(
     | {"temporal_category", "bucket", "data_source"}
 )
 BAD_EXAMPLES_KEPT = 5
+OUTPUT_SLICE_ROWS = 32_768  # SFT rows built and written at a time (bounds the output's memory)
 
 
 class MetricsError(ValueError):
@@ -370,9 +371,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_ndjson_atomic(frame: pl.DataFrame, path: Path) -> None:
+def _write_ndjson_atomic(frames: Iterable[pl.DataFrame], path: Path) -> None:
+    """NDJSON rows of the frames, one after the other, written to a temporary file then moved into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.write_ndjson(tmp)
+    with open(tmp, "wb") as fh:
+        for frame in frames:
+            frame.write_ndjson(fh)
     os.replace(tmp, path)
 
 
@@ -406,21 +410,34 @@ def members_table(profile: str, result: SelectionResult) -> pl.DataFrame:
     return pl.concat(parts)
 
 
+def frame_rows(qa: pl.DataFrame, rows: Sequence[int], row_frames: pl.DataFrame) -> pl.Series:
+    """Per selected QA row, the row of row_frames holding its frame list (null without one)."""
+    keys = ["source_file", "line"]
+    selected = qa.select(keys)[pl.Series(np.asarray(rows, dtype=np.int64))]
+    found = selected.join(
+        row_frames.select(keys).with_row_index("frame_row"),
+        on=keys,
+        how="left",
+        maintain_order="left",
+    )
+    if found.height != selected.height:
+        raise ValueError("row frames hold a (source_file, line) more than once")
+    return found["frame_row"]
+
+
 def _output_rows(
     result: SelectionResult,
     rows: Sequence[int],
     stages: Sequence[str] | None,
     mode: Mode,
-    row_frames: pl.DataFrame | None,
+    frames: pl.Series | None,
 ) -> pl.DataFrame:
-    """SFT rows of the selected QA rows, their frame lists joined from row_frames when given."""
-    if row_frames is None:
+    """SFT rows of the selected QA rows; frames: their frame lists when the QA table has none."""
+    if frames is None:
         return sft_rows(result.qa, result.scores, rows, stages, mode=mode)
     idx = pl.Series(np.asarray(rows, dtype=np.int64))
-    keys = ["source_file", "line"]
-    columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c in keys]
-    selected = result.qa.select(columns)[idx]
-    selected = selected.join(row_frames, on=keys, how="left", maintain_order="left")
+    columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS]
+    selected = result.qa.select(columns)[idx].with_columns(frames.alias("frames"))
     return sft_rows(selected, result.scores[idx], range(len(rows)), stages, mode=mode)
 
 
@@ -516,13 +533,25 @@ def build_from_pool(
     gdo_name, uni_name = output_names(frames)
     members_path = out / "subset_members.parquet"
 
+    def slices(rows: Sequence[int], stages: Sequence[str] | None) -> Iterator[pl.DataFrame]:
+        # Output rows a slice at a time: only one slice's rows (and frame lists) are in memory.
+        lists = row_frames["frames"] if row_frames is not None else None
+        at = frame_rows(result.qa, rows, row_frames) if row_frames is not None else None
+        for i in range(0, len(rows), OUTPUT_SLICE_ROWS):
+            part = slice(i, i + OUTPUT_SLICE_ROWS)
+            yield _output_rows(
+                result,
+                rows[part],
+                stages[part] if stages is not None else None,
+                mode,
+                lists.gather(at[part]) if lists is not None and at is not None else None,
+            )
+
     def write_uni() -> None:
-        uni_rows = _output_rows(result, result.uni_rows, None, mode, row_frames)
-        _write_ndjson_atomic(uni_rows, out / uni_name)
+        _write_ndjson_atomic(slices(result.uni_rows, None), out / uni_name)
 
     def write_gdo_and_members() -> pl.DataFrame:
-        gdo_rows = _output_rows(result, result.gdo.rows, result.gdo.stages, mode, row_frames)
-        _write_ndjson_atomic(gdo_rows, out / gdo_name)
+        _write_ndjson_atomic(slices(result.gdo.rows, result.gdo.stages), out / gdo_name)
         members = members_table(prof.name, result)
         tmp = members_path.with_name(f".{members_path.name}.{os.getpid()}.tmp")
         members.write_parquet(tmp, statistics=True)

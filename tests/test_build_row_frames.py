@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from gdo_core import build as BLD
@@ -15,10 +16,13 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "publish
     reason=f"published-build fixture not found at {FIXTURE} (shared/ must sit beside the repository)",
 )
 @pytest.mark.parametrize("compat", [None, "published"])
-def test_row_frames_build_writes_the_same_files(tmp_path, compat):
+@pytest.mark.parametrize("slice_rows", [7, 10**9])
+def test_row_frames_build_writes_the_same_files(tmp_path, monkeypatch, compat, slice_rows):
+    """Lean (frames per line, written slice_rows rows at a time) and full builds write the same bytes."""
     ov, vv, metrics = (
         FIXTURE / f for f in ("onevision.jsonl.gz", "video.jsonl.gz", "metrics.jsonl.gz")
     )
+    monkeypatch.setattr(BLD, "OUTPUT_SLICE_ROWS", slice_rows)
     lean = BLD.build_subsets(
         "temp",
         ov,
@@ -31,6 +35,7 @@ def test_row_frames_build_writes_the_same_files(tmp_path, compat):
     )
     pool = read_pool(ov, vv, mcq_on_raw=(compat is None), target_frames=8)
     assert "frames" in pool.qa.columns
+    monkeypatch.setattr(BLD, "OUTPUT_SLICE_ROWS", 10**9)
     full = BLD.build_from_pool(
         pool.qa,
         "temp",
@@ -45,3 +50,20 @@ def test_row_frames_build_writes_the_same_files(tmp_path, compat):
         )
     assert full.report["hard_constraints"] == lean.report["hard_constraints"]
     assert lean.members.height > 100 and lean.report["target_count"] > 0
+
+
+def test_frame_rows_finds_each_rows_frame_list():
+    qa = pl.DataFrame({"source_file": ["a", "a", "b", "b"], "line": [1, 1, 1, 5]})
+    row_frames = pl.DataFrame(
+        {"source_file": ["b", "a"], "line": [1, 1], "frames": [["b1"], ["a1", "a2"]]}
+    )
+    at = BLD.frame_rows(qa, [3, 2, 0, 1], row_frames)
+    assert at.to_list() == [None, 0, 1, 1]  # b:5 has no frame list
+    assert row_frames["frames"].gather(at).to_list() == [None, ["b1"], ["a1", "a2"], ["a1", "a2"]]
+
+
+def test_frame_rows_refuses_a_line_held_twice():
+    qa = pl.DataFrame({"source_file": ["a"], "line": [1]})
+    row_frames = pl.DataFrame({"source_file": ["a", "a"], "line": [1, 1], "frames": [["x"], ["y"]]})
+    with pytest.raises(ValueError, match="more than once"):
+        BLD.frame_rows(qa, [0], row_frames)
