@@ -112,14 +112,16 @@ def test_hit_gives_the_parsed_tables_column_for_column(tmp_path):
     assert (missed.status, hit.status) == ("miss", "hit")
     assert hit.result.qa.schema == missed.result.qa.schema  # same columns, same order
     assert hit.result.qa.equals(missed.result.qa)
+    assert hit.result.frames.schema == missed.result.frames.schema
     assert hit.result.frames.equals(missed.result.frames)
     assert hit.result.rejects.equals(missed.result.rejects)
     entry = cache / hit.key
     assert pl.read_ipc_schema(entry / "text.arrow") == {"question": pl.String, "answer": pl.String}
     assert "question" not in pl.read_parquet_schema(entry / "qa.parquet")
+    assert pl.read_ipc_schema(entry / "frames.arrow") == dict(missed.result.frames.schema)
 
 
-@pytest.mark.parametrize("part", ["qa.parquet", "text.arrow", "columns.json"])
+@pytest.mark.parametrize("part", ["qa.parquet", "text.arrow", "frames.arrow", "columns.json"])
 def test_damaged_entry_is_parsed_again_and_old_entries_are_dropped(tmp_path, part):
     ov, vv = _pool(tmp_path / "pool")
     cache = tmp_path / "cache"
