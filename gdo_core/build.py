@@ -412,11 +412,16 @@ def members_table(profile: str, result: SelectionResult) -> pl.DataFrame:
 
 def frame_rows(qa: pl.DataFrame, rows: Sequence[int], row_frames: pl.DataFrame) -> pl.Series:
     """Per selected QA row, the row of row_frames holding its frame list (null without one)."""
-    keys = ["source_file", "line"]
-    selected = qa.select(keys)[pl.Series(np.asarray(rows, dtype=np.int64))]
-    found = selected.join(
-        row_frames.select(keys).with_row_index("frame_row"),
-        on=keys,
+    # Joined on one integer per (source_file, line): a file's code (few files) and the line.
+    files = row_frames["source_file"].unique().to_list()
+    code = pl.col("source_file").replace_strict(
+        {name: i for i, name in enumerate(files)}, default=-1, return_dtype=pl.Int64
+    )
+    key = (code * 2**40 + pl.col("line").cast(pl.Int64)).alias("key")
+    selected = qa.select("source_file", "line")[pl.Series(np.asarray(rows, dtype=np.int64))]
+    found = selected.select(key).join(
+        row_frames.select(key).with_row_index("frame_row"),
+        on="key",
         how="left",
         maintain_order="left",
     )

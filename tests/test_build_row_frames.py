@@ -53,13 +53,19 @@ def test_row_frames_build_writes_the_same_files(tmp_path, monkeypatch, compat, s
 
 
 def test_frame_rows_finds_each_rows_frame_list():
-    qa = pl.DataFrame({"source_file": ["a", "a", "b", "b"], "line": [1, 1, 1, 5]})
+    qa = pl.DataFrame({"source_file": ["a", "a", "b", "b", "c"], "line": [1, 1, 1, 5, 1]})
     row_frames = pl.DataFrame(
         {"source_file": ["b", "a"], "line": [1, 1], "frames": [["b1"], ["a1", "a2"]]}
     )
-    at = BLD.frame_rows(qa, [3, 2, 0, 1], row_frames)
-    assert at.to_list() == [None, 0, 1, 1]  # b:5 has no frame list
-    assert row_frames["frames"].gather(at).to_list() == [None, ["b1"], ["a1", "a2"], ["a1", "a2"]]
+    at = BLD.frame_rows(qa, [3, 2, 0, 1, 4], row_frames)
+    assert at.to_list() == [None, 0, 1, 1, None]  # b:5 and file c have no frame list
+    assert row_frames["frames"].gather(at).to_list() == [
+        None,
+        ["b1"],
+        ["a1", "a2"],
+        ["a1", "a2"],
+        None,
+    ]
 
 
 def test_frame_rows_refuses_a_line_held_twice():
