@@ -374,10 +374,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _write_ndjson_atomic(frames: Iterable[pl.DataFrame], path: Path) -> None:
     """NDJSON rows of the frames, one after the other, written to a temporary file then moved into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        for frame in frames:
-            frame.write_ndjson(fh)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            for frame in frames:
+                frame.write_ndjson(fh)
+        os.replace(tmp, path)
+    finally:  # a failed write leaves neither a partial file nor the temporary one
+        tmp.unlink(missing_ok=True)
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -73,3 +73,18 @@ def test_frame_rows_refuses_a_line_held_twice():
     row_frames = pl.DataFrame({"source_file": ["a", "a"], "line": [1, 1], "frames": [["x"], ["y"]]})
     with pytest.raises(ValueError, match="more than once"):
         BLD.frame_rows(qa, [0], row_frames)
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    def frames():
+        yield pl.DataFrame({"a": [1]})
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        BLD._write_ndjson_atomic(frames(), tmp_path / "out.jsonl")
+    assert list(tmp_path.iterdir()) == []
+    BLD._write_ndjson_atomic(
+        iter([pl.DataFrame({"a": [1]}), pl.DataFrame({"a": [2]})]), tmp_path / "ok.jsonl"
+    )
+    assert (tmp_path / "ok.jsonl").read_text() == '{"a":1}\n{"a":2}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.jsonl"]
