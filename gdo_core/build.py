@@ -62,7 +62,7 @@ SFT_QA_COLUMNS = frozenset(
     | {"temporal_category", "bucket", "data_source"}
 )
 BAD_EXAMPLES_KEPT = 5
-OUTPUT_SLICE_ROWS = 32_768  # SFT rows built and written at a time (bounds the output's memory)
+OUTPUT_SLICE_ROWS = 65_536  # SFT rows built and written at a time (bounds the output's memory)
 
 
 class MetricsError(ValueError):
@@ -433,20 +433,18 @@ def frame_rows(qa: pl.DataFrame, rows: Sequence[int], row_frames: pl.DataFrame) 
     return found["frame_row"]
 
 
-def _output_rows(
-    result: SelectionResult,
-    rows: Sequence[int],
-    stages: Sequence[str] | None,
-    mode: Mode,
-    frames: pl.Series | None,
-) -> pl.DataFrame:
-    """SFT rows of the selected QA rows; frames: their frame lists when the QA table has none."""
-    if frames is None:
-        return sft_rows(result.qa, result.scores, rows, stages, mode=mode)
+def _selected_rows(
+    result: SelectionResult, rows: Sequence[int], row_frames: pl.DataFrame | None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(QA columns the SFT rows need, score terms) of the selected rows in their order; frame lists
+    from row_frames when the QA table has none."""
     idx = pl.Series(np.asarray(rows, dtype=np.int64))
-    columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS]
-    selected = result.qa.select(columns)[idx].with_columns(frames.alias("frames"))
-    return sft_rows(selected, result.scores[idx], range(len(rows)), stages, mode=mode)
+    columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c == "frames"]
+    selected = result.qa.select(columns)[idx]
+    if row_frames is not None:
+        at = frame_rows(result.qa, rows, row_frames)
+        selected = selected.with_columns(row_frames["frames"].gather(at).alias("frames"))
+    return selected, result.scores[idx]
 
 
 def build_from_pool(
@@ -542,17 +540,17 @@ def build_from_pool(
     members_path = out / "subset_members.parquet"
 
     def slices(rows: Sequence[int], stages: Sequence[str] | None) -> Iterator[pl.DataFrame]:
-        # Output rows a slice at a time: only one slice's rows (and frame lists) are in memory.
-        lists = row_frames["frames"] if row_frames is not None else None
-        at = frame_rows(result.qa, rows, row_frames) if row_frames is not None else None
+        # SFT rows built a slice at a time from the rows gathered once (one gather per column,
+        # as the QA table may be in many chunks): one slice's SFT rows are in memory at once.
+        selected, scores = _selected_rows(result, rows, row_frames)
         for i in range(0, len(rows), OUTPUT_SLICE_ROWS):
-            part = slice(i, i + OUTPUT_SLICE_ROWS)
-            yield _output_rows(
-                result,
-                rows[part],
-                stages[part] if stages is not None else None,
-                mode,
-                lists.gather(at[part]) if lists is not None and at is not None else None,
+            n = min(OUTPUT_SLICE_ROWS, len(rows) - i)
+            yield sft_rows(
+                selected.slice(i, n),
+                scores.slice(i, n),
+                range(n),
+                stages[i : i + n] if stages is not None else None,
+                mode=mode,
             )
 
     def write_uni() -> None:
