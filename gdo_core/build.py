@@ -8,6 +8,7 @@ whitespace-collapsed) and switches the selection to the published seeded stream.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -365,22 +366,28 @@ def output_names(target_frames: int) -> tuple[str, str]:
     return f"gdo_1x_{target_frames}f.jsonl", f"uni_10x_{target_frames}f.jsonl"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`: moved into place when the block succeeds, removed when it
+    fails (no partial file is left behind)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    with _atomic(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _write_ndjson_atomic(frames: Iterable[pl.DataFrame], path: Path) -> None:
-    """NDJSON rows of the frames, one after the other, written to a temporary file then moved into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            for frame in frames:
-                frame.write_ndjson(fh)
-        os.replace(tmp, path)
-    finally:  # a failed write leaves neither a partial file nor the temporary one
-        tmp.unlink(missing_ok=True)
+    """NDJSON rows of the frames, one after the other, written to `path` atomically."""
+    with _atomic(path) as tmp, open(tmp, "wb") as fh:
+        for frame in frames:
+            frame.write_ndjson(fh)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -559,9 +566,8 @@ def build_from_pool(
     def write_gdo_and_members() -> pl.DataFrame:
         _write_ndjson_atomic(slices(result.gdo.rows, result.gdo.stages), out / gdo_name)
         members = members_table(prof.name, result)
-        tmp = members_path.with_name(f".{members_path.name}.{os.getpid()}.tmp")
-        members.write_parquet(tmp, statistics=True)
-        os.replace(tmp, members_path)
+        with _atomic(members_path) as tmp:
+            members.write_parquet(tmp, statistics=True)
         return members
 
     # The Uni-10x file is the long one: the GDO file and the members table are written beside it.
@@ -768,11 +774,10 @@ def resample_jsonl(input: Path | str, output: Path | str, target_frames: int) ->
     if not src.is_file():
         raise BuildError(f"{src}: input file not found")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     loads = orjson.loads if orjson is not None else json.loads
     count = 0
     opener = gzip.open if src.name.endswith(".gz") else open
-    with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+    with _atomic(dst) as tmp, opener(src, "rb") as fin, open(tmp, "wb") as fout:
         for number, line in enumerate(fin, start=1):
             if not line.strip():
                 continue
@@ -791,5 +796,4 @@ def resample_jsonl(input: Path | str, output: Path | str, target_frames: int) ->
                 else (json.dumps(row, ensure_ascii=False) + "\n").encode()
             )
             count += 1
-    os.replace(tmp, dst)
     return count

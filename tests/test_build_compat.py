@@ -406,6 +406,7 @@ def test_resample_jsonl(tmp_path):
     src.write_text(json.dumps(rows[0]) + "\n{bad\n")
     with pytest.raises(BLD.BuildError, match=r"in.jsonl:2: not valid JSON"):
         BLD.resample_jsonl(src, tmp_path / "o2.jsonl", 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no partial file
 
 
 # ---- the goal_subsets asset (gdo_assets/subsets.py) -----------------------------------------
