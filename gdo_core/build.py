@@ -420,15 +420,15 @@ def members_table(profile: str, result: SelectionResult) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def frame_rows(qa: pl.DataFrame, rows: Sequence[int], row_frames: pl.DataFrame) -> pl.Series:
-    """Per selected QA row, the row of row_frames holding its frame list (null without one)."""
+def frame_rows(selected: pl.DataFrame, row_frames: pl.DataFrame) -> pl.Series:
+    """Per row of `selected` (source_file, line), the row of row_frames holding its frame list
+    (null without one)."""
     # Joined on one integer per (source_file, line): a file's code (few files) and the line.
     files = row_frames["source_file"].unique().to_list()
     code = pl.col("source_file").replace_strict(
         {name: i for i, name in enumerate(files)}, default=-1, return_dtype=pl.Int64
     )
     key = (code * 2**40 + pl.col("line").cast(pl.Int64)).alias("key")
-    selected = qa.select("source_file", "line")[pl.Series(np.asarray(rows, dtype=np.int64))]
     found = selected.select(key).join(
         row_frames.select(key).with_row_index("frame_row"),
         on="key",
@@ -446,11 +446,12 @@ def _selected_rows(
     """(QA columns the SFT rows need, score terms) of the selected rows in their order; frame lists
     from row_frames when the QA table has none."""
     idx = pl.Series(np.asarray(rows, dtype=np.int64))
-    columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c == "frames"]
+    keys = ["source_file", "line"] if row_frames is not None else []
+    columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c == "frames" or c in keys]
     selected = result.qa.select(columns)[idx]
     if row_frames is not None:
-        at = frame_rows(result.qa, rows, row_frames)
-        selected = selected.with_columns(row_frames["frames"].gather(at).alias("frames"))
+        at = frame_rows(selected, row_frames)
+        selected = selected.drop(keys).with_columns(row_frames["frames"].gather(at).alias("frames"))
     return selected, result.scores[idx]
 
 

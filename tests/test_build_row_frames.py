@@ -57,7 +57,7 @@ def test_frame_rows_finds_each_rows_frame_list():
     row_frames = pl.DataFrame(
         {"source_file": ["b", "a"], "line": [1, 1], "frames": [["b1"], ["a1", "a2"]]}
     )
-    at = BLD.frame_rows(qa, [3, 2, 0, 1, 4], row_frames)
+    at = BLD.frame_rows(qa[[3, 2, 0, 1, 4]], row_frames)
     assert at.to_list() == [None, 0, 1, 1, None]  # b:5 and file c have no frame list
     assert row_frames["frames"].gather(at).to_list() == [
         None,
@@ -72,7 +72,7 @@ def test_frame_rows_refuses_a_line_held_twice():
     qa = pl.DataFrame({"source_file": ["a"], "line": [1]})
     row_frames = pl.DataFrame({"source_file": ["a", "a"], "line": [1, 1], "frames": [["x"], ["y"]]})
     with pytest.raises(ValueError, match="more than once"):
-        BLD.frame_rows(qa, [0], row_frames)
+        BLD.frame_rows(qa, row_frames)
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):
