@@ -8,7 +8,9 @@ The pool mimics the published fixture: a third of the QAs are video QAs, several
 frame lists of 8-180 frames, MCQ / counting / temporal / descriptive questions, and a
 published-style merged-metrics JSONL (loss_video, loss_blind, frame_diversity, vds,
 quality_score) covering ~95% of the QAs. Each build runs in its own process so that its peak
-RSS (ru_maxrss) is its own. `wall s` times build_subsets inside the process; `process s` is the
+RSS (ru_maxrss) is its own; `--phases` also prints the peak of each build phase (RSS sampled
+every 5 ms: `start` is the process after its imports, `read_pool` the parse or cache read, then
+the selection steps and `write`). `wall s` times build_subsets inside the process; `process s` is the
 whole process (interpreter start and imports included), as a user running `gdo build` sees it.
 Each preset and mode runs --runs times and the table shows the
 median wall time and the largest peak RSS. Never asserted in tests; the numbers go in the
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -214,12 +217,45 @@ def generate_pool(folder: Path, n_qas: int, seed: int = 7) -> dict[str, object]:
     return info
 
 
+class _RssSampler(threading.Thread):
+    """Resident set size (MB) of this process every few milliseconds, with the time it was read."""
+
+    def __init__(self, t0: float, every_s: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.t0, self.every_s = t0, every_s
+        self.samples: list[tuple[float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        while not self.done.is_set():
+            with open("/proc/self/statm") as fh:
+                resident = int(fh.read().split()[1]) * page_mb
+            self.samples.append((time.perf_counter() - self.t0, resident))
+            self.done.wait(self.every_s)
+
+    def phase_peaks(self, timings: dict[str, float]) -> dict[str, float]:
+        """Largest sample per build phase (a phase runs from the previous timing to its own)."""
+        peaks, start = {}, float("-inf")
+        for name, end in sorted(timings.items(), key=lambda kv: kv[1]):
+            if name == "total":
+                continue
+            inside = [mb for t, mb in self.samples if start < t <= end]
+            if inside:
+                peaks[name] = round(max(inside))
+            start = end
+        return peaks
+
+
 def _child(args: argparse.Namespace) -> None:
-    """One build in this process; prints timings and peak RSS as JSON."""
+    """One build in this process; prints timings, peak RSS and peak RSS per phase as JSON."""
     from gdo_core.build import build_subsets
 
     folder = Path(args.pool)
     t0 = time.perf_counter()
+    sampler = _RssSampler(t0) if Path("/proc/self/statm").is_file() else None
+    if sampler is not None:
+        sampler.start()
     result = build_subsets(
         args.preset,
         folder / "onevision.jsonl",
@@ -231,11 +267,17 @@ def _child(args: argparse.Namespace) -> None:
     )
     wall = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    phases = {}
+    if sampler is not None:
+        sampler.done.set()
+        sampler.join()
+        phases = {"start": round(sampler.samples[0][1]), **sampler.phase_peaks(result.timings)}
     print(
         json.dumps(
             {
                 "wall_s": wall,
                 "rss_mb": rss_mb,
+                "rss_by_phase_mb": phases,
                 "timings": result.timings,
                 "total_pairs": result.report["total_pairs"],
                 "target_count": result.report["target_count"],
@@ -260,6 +302,11 @@ def main() -> None:
         help="cold: every run parses (empty parse cache); warm: the parsed pool is in the cache",
     )
     parser.add_argument("--regen", action="store_true")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also print each build phase's peak RSS (MB) of the median run",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -346,6 +393,12 @@ def main() -> None:
             f"{row['select_only_qa_per_s']:>17,.0f} {rss_mb:>12.0f} {r['constraints_met']}",
             flush=True,
         )
+        if args.phases and r.get("rss_by_phase_mb"):
+            print(
+                "    peak RSS MB by phase: "
+                + ", ".join(f"{k} {v}" for k, v in r["rss_by_phase_mb"].items()),
+                flush=True,
+            )
     (OUT / f"build_results_{args.qas}.json").write_text(
         json.dumps({"pool": info, "results": results}, indent=2)
     )
