@@ -9,7 +9,7 @@ frame lists of 8-180 frames, MCQ / counting / temporal / descriptive questions, 
 published-style merged-metrics JSONL (loss_video, loss_blind, frame_diversity, vds,
 quality_score) covering ~95% of the QAs. Each build runs in its own process so that its peak
 RSS (ru_maxrss) is its own; `--phases` also prints the peak of each build phase (RSS sampled
-every 5 ms: `start` is the process after its imports, `read_pool` the parse or cache read, then
+every 5 ms on a thread of the build process: `start` is the process after its imports, `read_pool` the parse or cache read, then
 the selection steps and `write`). `wall s` times build_subsets inside the process; `process s` is the
 whole process (interpreter start and imports included), as a user running `gdo build` sees it.
 Each preset and mode runs --runs times and the table shows the
@@ -253,7 +253,7 @@ def _child(args: argparse.Namespace) -> None:
 
     folder = Path(args.pool)
     t0 = time.perf_counter()
-    sampler = _RssSampler(t0) if Path("/proc/self/statm").is_file() else None
+    sampler = _RssSampler(t0) if args.phases and Path("/proc/self/statm").is_file() else None
     if sampler is not None:
         sampler.start()
     result = build_subsets(
@@ -349,6 +349,7 @@ def main() -> None:
             mode,
             "--out",
             str(OUT / f"build_{preset}_{mode}"),
+            *(["--phases"] if args.phases else []),
         ]
         warm_dir = OUT / f"cache_{args.qas}_{mode}"
         if cache == "warm":  # one untimed build fills the cache
