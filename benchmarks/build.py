@@ -9,9 +9,10 @@ frame lists of 8-180 frames, MCQ / counting / temporal / descriptive questions, 
 published-style merged-metrics JSONL (loss_video, loss_blind, frame_diversity, vds,
 quality_score) covering ~95% of the QAs. Each build runs in its own process so that its peak
 RSS (ru_maxrss) is its own; `--phases` also prints the peak of each build phase (RSS sampled
-every 5 ms on a thread of the build process: `start` is the process after its imports, `read_pool` the parse or cache read, then
-the selection steps and `write`). `wall s` times build_subsets inside the process; `process s` is the
-whole process (interpreter start and imports included), as a user running `gdo build` sees it.
+every 5 ms on a thread of the build process: `start` is the process after its imports,
+`read_pool` the parse or cache read, then the selection steps and `write`). `wall s` times
+build_subsets inside the process; `process s` is the whole process (interpreter start and
+imports included), as a user running `gdo build` sees it.
 Each preset and mode runs --runs times and the table shows the
 median wall time and the largest peak RSS. Never asserted in tests; the numbers go in the
 closing note.
