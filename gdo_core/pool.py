@@ -33,11 +33,26 @@ from gdo_core.strata import clean_question_expr, collapse_ws_expr, with_stratum_
 try:  # orjson parses JSON lines 3-5x faster; json is the fallback.
     import orjson
 
-    _loads = orjson.loads
-    _JSONError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, UnicodeDecodeError)
+    _strict_loads = orjson.loads
 except ImportError:  # pragma: no cover - orjson is a declared dependency
-    _loads = json.loads
-    _JSONError = (json.JSONDecodeError, UnicodeDecodeError)
+    _strict_loads = json.loads
+_JSONError: tuple[type[Exception], ...] = (ValueError,)  # JSONDecodeError, UnicodeDecodeError
+
+
+def _loads(raw: bytes | str) -> Any:
+    """JSON value of a line: orjson, else Python's json, which also takes NaN, Infinity, -Infinity and
+    numbers beyond a double (as Arrow's JSON reader does); strings that no UTF-8 can hold
+    (lone surrogates) stay an error."""
+    try:
+        return _strict_loads(raw)
+    except ValueError as strict_error:
+        try:
+            value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, UnicodeEncodeError
+            raise strict_error from None
+        return value
+
 
 PoolKind = Literal["onevision", "video"]
 POOL_KINDS: tuple[str, ...] = ("onevision", "video")

@@ -115,6 +115,26 @@ def test_malformed_lines_are_rejected_and_the_rest_is_unchanged(tmp_path, suffix
     assert all(rejects["source_file"].str.ends_with(f"dirty{suffix}"))
 
 
+def test_exact_parser_reads_the_number_tokens_pythons_json_takes(tmp_path):
+    """NaN, Infinity and out-of-range numbers are read (as Python's json reads them); lone
+    surrogates, lower-case nan and invalid UTF-8 stay bad JSON, with orjson's message."""
+    ok = '"images": ["a.jpg"], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]'
+    lines = [
+        b'{"id": "n1", "score": NaN, ' + ok.encode() + b"}",
+        b'{"id": "n2", "w": [Infinity, -Infinity, 1e400], ' + ok.encode() + b"}",
+        b'{"id": "s1", "note": "\\ud800", ' + ok.encode() + b"}",
+        b'{"id": "s2", "score": nan, ' + ok.encode() + b"}",
+        b'{"id": "s3", "note": "\xff", ' + ok.encode() + b"}",
+    ]
+    path = tmp_path / "ov.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = P.parse_records(list(P.iter_lines(path)), P.PoolFile(path, "onevision"))
+    assert result.qa["qa_uid"].to_list() == ["ov::n1::t0", "ov::n2::t0"]
+    assert result.rejects["line"].to_list() == [3, 4, 5]
+    assert set(result.rejects["reason"].to_list()) == {"bad_json"}
+    assert not any("Expecting" in detail for detail in result.rejects["detail"].to_list())
+
+
 def test_json_array_files_are_accepted(tmp_path):
     path = tmp_path / "pool.json"
     path.write_text(json.dumps(IMAGE_ROWS))
