@@ -621,7 +621,7 @@ def read_pool(
 ) -> PoolResult:
     """Parse whole pool files (image pools first, then video pools) into one PoolResult.
 
-    fast: read .jsonl[.gz] files with DuckDB's JSON reader, rows of other shapes through the exact
+    fast: read .jsonl[.gz] files with Arrow's JSON reader, rows of other shapes through the exact
     parser (same result); otherwise, or for .json files, every row goes through the exact parser,
     chunk by chunk on `workers` processes. row_frames: frame lists once per line in
     `PoolResult.frames`, not once per QA (what `gdo build` keeps in memory).
@@ -630,11 +630,11 @@ def read_pool(
 
     options = ParseOptions(target_frames, mcq_on_raw, media_root, video_frame_dir)
     files = pool_files(onevision, video)
-    # DuckDB and polars release the GIL, so files are read side by side on threads.
+    # Arrow and polars release the GIL, so files are read side by side on threads.
     with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as threads:
         fast_results = list(
             threads.map(
-                lambda f: parse_file_fast(f, options, threads=1, row_frames=row_frames)
+                lambda f: parse_file_fast(f, options, row_frames=row_frames)
                 if fast
                 else None,
                 files,

@@ -1,24 +1,36 @@
-"""Fast path of pool parsing: DuckDB's JSON reader for rows of the common shape, the exact path for the rest.
+"""Fast path of pool parsing: Arrow's JSON reader for rows of the common shape, the exact path for the rest.
 
-Every line is parsed by DuckDB once. A row takes the fast path when its JSON structure (key set
-and value types, from `json_structure`) is one the exact parser would read the same way: string
-`id`, `messages` or `conversations` as a list of objects with string-or-null role/from/content/value,
-`images` as a list of strings or `image` as a string, string-or-null `data_source` and `video_id`.
-Every other line (bad JSON, other types, typed content parts, video files, empty lists, ...) is
-handed, with its exact bytes and line number, to `pool.parse_records`, so results and rejects are
-the same as the exact path's; tests/test_pool_fast.py checks that on a pool of odd rows.
+A pool file is read in blocks of whole lines (`BLOCK_BYTES`; plain files are memory-mapped), so
+the reader's memory stays bounded whatever the file's size, and the next block is parsed on a
+thread while this one's QA rows are built. Arrow's reader parses each block against a fixed schema:
+string `id`, `data_source` and (video pools) `video_id`; `images` as a list of strings or `image`
+as a string; `messages` or `conversations` as a list of objects with string-or-null
+role/from/content/value. Other keys are not read. A row takes the fast path when it fits that
+schema and the exact parser would read it the same way; every other line (bad JSON, other types,
+repeated keys, typed content parts, video files, empty lists, a line that does not run from `{`
+to `}`, ...) is handed, with its exact bytes and line number, to `pool.parse_records`, so results and
+rejects are the same as the exact path's; tests/test_pool_fast.py checks that on a pool of odd
+rows. A block the reader refuses is halved until the refused lines are found.
+
+Numbers in keys gdo does not read: the reader takes NaN, Infinity, -Infinity and numbers beyond a
+double, and so does the exact parser (`pool._loads`). Known difference that remains: the reader
+also takes the tokens -NaN, Inf and -Inf there, which the exact parser rejects as bad JSON.
 """
 
 from __future__ import annotations
 
-import functools
-import json
+import codecs
+import contextlib
 import mmap
+import re
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.json as pj
 
 from gdo_core import schema as S
 from gdo_core.pool import (
@@ -33,141 +45,256 @@ from gdo_core.pool import (
     _open_binary,
     _rank_within_runs,
     _resolve,
-    iter_lines,
     parse_records,
     qa_frame,
     split_row_frames,
 )
 
-BATCH_ROWS = 20_000
-_BLOCK_BYTES = 16 * 2**20
-_MESSAGE = {"role": "VARCHAR", "from": "VARCHAR", "content": "VARCHAR", "value": "VARCHAR"}
-_TRANSFORM = json.dumps(
-    {
-        "id": "VARCHAR",
-        "data_source": "VARCHAR",
-        "video_id": "VARCHAR",
-        "images": ["VARCHAR"],
-        "image": "VARCHAR",
-        "messages": [_MESSAGE],
-        "conversations": [_MESSAGE],
-    }
-)
-_TEXT_OR_NULL = ("VARCHAR", "NULL")
-# DuckDB's reader is laxer than orjson (the row-by-row parser): it takes NaN/Infinity and numbers
-# out of double range, which orjson rejects. Both are typed DOUBLE by json_structure and kept as
-# written in DuckDB's re-serialised text, so rows with a DOUBLE are searched for them (RE2) and
-# take the exact path on a hit (a false alarm only costs speed). Known differences that remain:
-# DuckDB also takes trailing commas and keeps the first of a repeated key (orjson: the last).
-_LAX_NUMBER = "[:,\\[]-?(?:[Nn][Aa][Nn]|[Ii][Nn][Ff]|[0-9]+(?:\\.[0-9]+)?[eE][-+]?[0-9]{3})"
-# bytes.strip() whitespace: a line of only these is blank for the exact path (and skipped by DuckDB).
-_SPACE = b" \t\r\n\x0b\x0c"
-_SPACE_BYTES = np.frombuffer(_SPACE, dtype=np.uint8)
-_SPACE_START = {bytes([b]) for b in _SPACE}
+BLOCK_BYTES = 16 * 2**20  # whole lines read and parsed at a time
+_BISECT_LINES = 8  # a refused run of at most this many lines goes to the exact path whole
+_MESSAGE = pa.struct([(k, pa.string()) for k in ("role", "from", "content", "value")])
+_NEWLINE, _CARRIAGE, _OPEN, _CLOSE = ord("\n"), ord("\r"), ord("{"), ord("}")
+_MESSAGES_KEY = re.compile(rb'"messages"')
 # Relative paths that pathlib would rewrite when joined ("a//b", "./a", "a/./b", "a/").
 _DOT_PART = r"(^|/)\.(/|$)"
 
 
-@functools.lru_cache(maxsize=256)
-def fast_messages_key(structure: str | None, kind: str) -> str | None:
-    """'messages' or 'conversations' when rows of this json_structure read the same on the fast path, else None."""
-    if structure is None:
-        return None
-    shape = json.loads(structure)
-    if not isinstance(shape, dict) or shape.get("id") != "VARCHAR":
-        return None
-    key = "messages" if "messages" in shape else "conversations"
-    messages = shape.get(key)
-    if not (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)):
-        return None
-    if any(messages[0].get(k, "NULL") not in _TEXT_OR_NULL for k in _MESSAGE):
-        return None
-    images, image = shape.get("images", "NULL"), shape.get("image", "NULL")
-    if images != ["VARCHAR"] and not (images == "NULL" and image == "VARCHAR"):
-        return None
-    if shape.get("data_source", "NULL") not in _TEXT_OR_NULL:
-        return None
-    if kind == "video" and shape.get("video_id", "NULL") not in _TEXT_OR_NULL:
-        return None
-    return key
+def _schema(kind: str) -> pa.Schema:
+    """The fields the fast path reads (video_id only in video pools: image pools ignore it)."""
+    fields = [("id", pa.string()), ("data_source", pa.string())]
+    if kind == "video":
+        fields.append(("video_id", pa.string()))
+    fields += [
+        ("images", pa.list_(pa.string())),
+        ("image", pa.string()),
+        ("messages", pa.list_(_MESSAGE)),
+        ("conversations", pa.list_(_MESSAGE)),
+    ]
+    return pa.schema(fields)
 
 
-def nonblank_line_numbers(path: Path) -> np.ndarray:
-    """1-based numbers of the lines that are not blank (whitespace only)."""
-    path = Path(path)
-    if path.name.endswith(".gz") or path.stat().st_size == 0:
-        with _open_binary(path) as fh:
-            return _nonblank_in(fh.read())
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        return _nonblank_in(data)
+def _blocks(path: Path) -> Iterator[memoryview]:
+    """The file in blocks of whole newline-terminated lines (a last line without one gets one).
 
-
-def _nonblank_in(data: bytes | mmap.mmap) -> np.ndarray:
-    """Non-blank line numbers of a file's bytes; files without a line that starts in whitespace
-    (nearly all) are only counted."""
-    size = len(data)
-    if size == 0:
-        return np.zeros(0, dtype=np.int64)
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.concatenate(
-        [
-            np.flatnonzero(buffer[i : i + _BLOCK_BYTES] == ord("\n")) + i
-            for i in range(0, size, _BLOCK_BYTES)
-        ]
-    )
-    n = newlines.size
-    last_partial = buffer[-1] != ord("\n")
-    after = newlines[newlines + 1 < size] + 1  # the first byte of every line but the first
-    if data[:1] not in _SPACE_START and not np.isin(buffer[after], _SPACE_BYTES).any():
-        return np.arange(1, n + 1 + int(last_partial), dtype=np.int64)
-    whole = bytes(data) + (b"\n" if last_partial else b"")
-    return np.delete(
-        np.arange(1, whole.count(b"\n") + 1, dtype=np.int64), _blank_line_indices(whole)
-    )
-
-
-def _blank_line_indices(whole: bytes) -> list[int]:
-    """0-based indices of the whitespace-only lines among the newline-terminated lines of `whole`."""
-    buffer = np.frombuffer(whole, dtype=np.uint8)
-    ends = np.flatnonzero(buffer == ord("\n"))
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    maybe = np.flatnonzero(np.isin(buffer[starts], _SPACE_BYTES))
-    return [i for i in maybe.tolist() if not whole[starts[i] : ends[i]].strip()]
-
-
-def _sql(path: Path, kind: str, target_frames: int) -> str:
-    """The DuckDB query: per line, its structure and the fields the fast path reads, frames resampled."""
-    src = str(path).replace("'", "''")
-    if kind == "onevision":
-        kept = "media[1:1]"
-    elif target_frames <= 1:
-        kept = "CASE WHEN len(media) <= 1 THEN media ELSE media[1:1] END"
-    else:
-        t = target_frames
-        kept = (
-            f"CASE WHEN len(media) <= {t} THEN media ELSE list_transform(range({t}), "
-            f"lambda i: media[round_even(i * (len(media) - 1) / {t - 1}, 0)::BIGINT + 1]) END"
-        )
-    return f"""
-        WITH raw AS (
-            SELECT json, json_structure(json)::VARCHAR AS shape
-            FROM read_json('{src}', columns={{json: 'JSON'}}, records=false,
-                           format='newline_delimited', ignore_errors=true)
-        ), src AS (
-            SELECT CASE WHEN contains(shape, 'DOUBLE')
-                         AND regexp_matches(json::VARCHAR, '{_LAX_NUMBER}') THEN NULL
-                        ELSE shape END AS shape,
-                   json_transform(json, '{_TRANSFORM}') AS x
-            FROM raw
-        ), fields AS (
-            SELECT shape, x.id AS row_id, x.data_source, x.video_id, x.messages, x.conversations,
-                   CASE WHEN x.images IS NOT NULL THEN x.images
-                        WHEN x.image <> '' THEN [x.image] END AS media
-            FROM src
-        )
-        SELECT shape, row_id, data_source, video_id, messages, conversations, {kept} AS frames
-        FROM fields
+    Plain files are memory-mapped and each block's pages are dropped once the caller is done with it.
     """
+    if path.name.endswith(".gz") or path.stat().st_size == 0:
+        yield from _read_blocks(path)
+        return
+    with open(path, "rb") as fh:
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    drop = getattr(mmap, "MADV_DONTNEED", None) if hasattr(data, "madvise") else None
+    start, size = 0, len(data)
+    try:
+        while start < size:
+            cut = data.rfind(b"\n", start, start + BLOCK_BYTES) + 1
+            if cut <= start:  # a line longer than a block: up to its end
+                cut = data.find(b"\n", start) + 1 or size
+            if cut == size and data[size - 1 : size] != b"\n":
+                yield memoryview(data[start:size] + b"\n")
+            else:
+                yield memoryview(data)[start:cut]
+            if drop is not None:  # the pages are read again from the file if still needed
+                page = start - start % mmap.PAGESIZE
+                data.madvise(drop, page, cut - page)
+            start = cut
+    finally:
+        with contextlib.suppress(BufferError):  # a block still in use keeps the map open
+            data.close()
+
+
+def _read_blocks(path: Path) -> Iterator[memoryview]:
+    """`_blocks` of a compressed (or empty) file, read through `pool._open_binary`."""
+    with _open_binary(path) as fh:
+        while data := fh.read(BLOCK_BYTES):
+            data += fh.readline()
+            yield memoryview(data if data.endswith(b"\n") else data + b"\n")
+
+
+def _is_utf8(block: memoryview) -> bool:
+    """Whether the block is valid UTF-8 (checked by polars, about 4x faster than bytes.decode)."""
+    offsets = pa.py_buffer(np.array([0, len(block)], dtype=np.int64))
+    whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(block)])
+    try:
+        return pl.Series(whole).cast(pl.String).null_count() == 0
+    except pl.exceptions.PolarsError:  # "invalid utf8"
+        return False
+
+
+def _read_lines(
+    block: memoryview, numbers: np.ndarray, offsets: np.ndarray, options: pj.ParseOptions
+) -> Iterator[tuple[pa.Table | None, np.ndarray]]:
+    """(table, its line numbers) of lines the reader takes; (None, line numbers) of lines it refuses.
+
+    block holds the lines; offsets their start offsets in it plus the end (len(numbers) + 1 values).
+    """
+    whole = pj.ReadOptions(use_threads=False, block_size=max(len(block) + 1, 2**20))
+    try:
+        table = pj.read_json(pa.py_buffer(block), read_options=whole, parse_options=options)
+        if table.num_rows == numbers.size:
+            yield table, numbers
+            return
+    except pa.ArrowException:  # bad JSON, other types, a line too long for a block, ...
+        pass
+    if numbers.size <= _BISECT_LINES:
+        yield None, numbers
+        return
+    half = numbers.size // 2
+    cut = int(offsets[half] - offsets[0])
+    yield from _read_lines(block[:cut], numbers[:half], offsets[: half + 1], options)
+    yield from _read_lines(block[cut:], numbers[half:], offsets[half:], options)
+
+
+def _media(table: pa.Table) -> pa.ListArray:
+    """Each row's media list: `images`, else `[image]` when that is a non-empty string, else null."""
+    images = table.column("images").combine_chunks()
+    image = table.column("image").combine_chunks()
+    if image.null_count == len(image):
+        return images
+    frame = pl.from_arrow(pa.table({"images": images, "image": image}))
+    assert isinstance(frame, pl.DataFrame)
+    media = (
+        pl.when(pl.col("images").is_not_null())
+        .then(pl.col("images"))
+        .when(pl.col("image") != "")
+        .then(pl.concat_list("image"))
+    )
+    return frame.select(media)["images"].to_arrow().cast(pa.list_(pa.string()))
+
+
+def _kept_frames(media: pa.ListArray, kind: str, target_frames: int) -> pa.ListArray:
+    """The frames each QA keeps: the first image, or `target_frames` picked as `pool.resample_indices`."""
+    t = 1 if kind == "onevision" else max(target_frames, 1)
+    offsets = np.asarray(media.offsets, dtype=np.int64)
+    valid = np.asarray(media.is_valid(), dtype=bool)
+    n = np.where(valid, np.diff(offsets), 0)
+    keep = np.minimum(n, t)
+    new_offsets = np.concatenate(([0], np.cumsum(keep)))
+    within = np.arange(new_offsets[-1], dtype=np.int64) - np.repeat(new_offsets[:-1], keep)
+    if t > 1:
+        length = np.repeat(n, keep)
+        long = length > t  # i -> round(i * (n - 1) / (t - 1)), Python's round (half to even)
+        within[long] = np.round(within[long] * (length[long] - 1) / (t - 1)).astype(np.int64)
+    values = media.values.take(pa.array(np.repeat(offsets[:-1], keep) + within))
+    mask = pa.array(~valid) if not valid.all() else None
+    return pa.ListArray.from_arrays(pa.array(new_offsets, pa.int32()), values, mask=mask)
+
+
+def _fast_rows(
+    table: pa.Table,
+    numbers: np.ndarray,
+    kind: str,
+    target_frames: int,
+    block: memoryview,
+    starts: np.ndarray,
+    ends: np.ndarray,
+) -> pl.DataFrame:
+    """The reader's rows as the batch `_pairs_of_batch` takes, `key` null where the exact path must read the row.
+
+    numbers, starts, ends: each row's line number and the offsets of its line in block.
+    """
+    frames = _kept_frames(_media(table), kind, target_frames)
+    messages, conversations = table.column("messages"), table.column("conversations")
+    columns = {
+        "row_id": table.column("id"),
+        "data_source": table.column("data_source"),
+        "video_id": table.column("video_id")
+        if kind == "video"
+        else pa.nulls(len(table), pa.string()),
+        "messages": messages,
+        "conversations": conversations,
+        "frames": frames,
+    }
+    batch = pl.from_arrow(pa.table(columns))
+    assert isinstance(batch, pl.DataFrame)
+    has_messages = pl.col("messages").is_not_null()
+    key = (
+        pl.when(has_messages)
+        .then(pl.lit("messages"))
+        .when(pl.col("conversations").is_not_null())
+        .then(pl.lit("conversations"))
+    )
+    batch = batch.with_columns(line=pl.Series(numbers), key=key)
+    # "messages": null beside "conversations": the exact parser reads the (null) messages key, so
+    # such rows take the exact path. Arrow cannot tell a null key from a missing one: check the text.
+    maybe = (batch["key"] == "conversations").fill_null(False).to_numpy()
+    if maybe.any() and _MESSAGES_KEY.search(block):
+        named = np.zeros(batch.height, dtype=bool)
+        for i in np.flatnonzero(maybe).tolist():
+            named[i] = bool(_MESSAGES_KEY.search(block, int(starts[i]), int(ends[i])))
+        batch = batch.with_columns(
+            key=pl.when(pl.Series(named)).then(None).otherwise(pl.col("key"))
+        )
+    chosen = (
+        pl.when(pl.col("key") == "messages")
+        .then(pl.col("messages"))
+        .otherwise(pl.col("conversations"))
+    )
+    usable = (pl.col("row_id") != "") & (chosen.list.len() > 0) & (pl.col("frames").list.len() > 0)
+    if _child_nulls(messages) or _child_nulls(conversations):  # null messages: wrong_type
+        usable &= ~chosen.list.eval(pl.element().is_null()).list.any()
+    if frames.values.null_count:
+        usable &= pl.col("frames").list.count_matches(None) == 0
+    return batch.with_columns(key=pl.when(usable.fill_null(False)).then(pl.col("key")))
+
+
+def _child_nulls(column: pa.ChunkedArray) -> bool:
+    """Whether any list of the column holds a null element."""
+    return any(chunk.values.null_count for chunk in column.chunks)
+
+
+def _block_rows(
+    block: memoryview,
+    first: int,
+    kind: str,
+    target_frames: int,
+    options: pj.ParseOptions,
+) -> tuple[pl.DataFrame | None, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows the reader took with `key` and `line`, or None; lines for the exact path; line starts; line ends).
+
+    block: whole newline-terminated lines, the first of them line number `first`.
+    """
+    buffer = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == _NEWLINE)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    numbers = np.arange(first, first + ends.size, dtype=np.int64)
+    head = buffer[starts]
+    tail = buffer[np.maximum(ends - 1, 0)]
+    carriage = tail == _CARRIAGE
+    tail[carriage] = buffer[np.maximum(ends[carriage] - 2, 0)]
+    # A line from { to } holds whole objects only, so the reader's rows line up with the lines
+    # unless one holds two, which the row count shows.
+    good = (head == _OPEN) & (tail == _CLOSE)
+    slow = [np.zeros(0, dtype=np.int64)]
+    odd = np.flatnonzero(~good)
+    if odd.size:  # blank lines are skipped; other lines not from { to } take the exact path
+        slow.append(
+            numbers[[i for i in odd.tolist() if bytes(block[starts[i] : ends[i] + 1]).strip()]]
+        )
+    if not _is_utf8(block):  # Arrow's reader does not check UTF-8: such lines go the exact way
+        for i in np.flatnonzero(good).tolist():
+            try:
+                codecs.decode(block[starts[i] : ends[i] + 1], "utf-8")
+            except UnicodeDecodeError:
+                good[i] = False
+                slow.append(numbers[i : i + 1])
+    take = np.flatnonzero(good)
+    if take.size == ends.size:
+        view, offsets = block, np.append(starts, buffer.size)
+    else:
+        view = memoryview(b"".join(block[starts[i] : ends[i] + 1] for i in take.tolist()))
+        offsets = np.concatenate(([0], np.cumsum(ends[take] + 1 - starts[take])))
+    tables = []
+    for table, lines in _read_lines(view, numbers[take], offsets, options):
+        if table is None:
+            slow.append(lines)
+        else:
+            at = lines - first
+            tables.append(
+                _fast_rows(table, lines, kind, target_frames, block, starts[at], ends[at])
+            )
+    rows = pl.concat(tables) if len(tables) > 1 else (tables[0] if tables else None)
+    return rows, np.concatenate(slow), starts, ends
 
 
 def _resolve_expr(media_root: Path | None) -> pl.Expr:
@@ -252,72 +379,28 @@ def _pairs_of_batch(
     return out, batch["line"].to_numpy()[~has_pair]
 
 
-def _records_of_lines(path: Path, lines: np.ndarray) -> list[tuple[int, bytes]]:
-    """(line number, raw bytes) of the given lines, in file order."""
-    if not lines.size:
-        return []
-    wanted = set(lines.tolist())
-    last = int(lines.max())
-    out = []
-    for number, raw in iter_lines(path):
-        if number in wanted:
-            out.append((number, raw))
-        if number >= last:
-            break
-    return out
-
-
-def _with_fast_key(batch: pl.DataFrame, kind: str) -> pl.DataFrame:
-    """The batch with `key`: the messages key of rows that take the fast path, null for the others."""
-    shapes = batch["shape"].unique().to_list()
-    keys = {shape: fast_messages_key(shape, kind) for shape in shapes if shape is not None}
-    key = pl.col("shape").replace_strict(keys, default=None, return_dtype=pl.String)
-    messages = pl.when(key == "messages").then(pl.col("messages")).otherwise(pl.col("conversations"))
-    usable = (
-        (pl.col("row_id") != "")
-        & ~messages.list.eval(pl.element().is_null()).list.any()  # null messages: wrong_type
-        & pl.col("frames").is_not_null()
-        & (pl.col("frames").list.len() > 0)
-        & (pl.col("frames").list.count_matches(None) == 0)
-    ).fill_null(False)
-    return batch.with_columns(key=pl.when(usable).then(key))
-
-
-def _parse_batches(
-    path: Path,
-    pool: PoolFile,
-    options: ParseOptions,
-    lines: np.ndarray,
-    threads: int | None,
-    row_frames: bool,
-) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], list[np.ndarray]] | None:
-    """(QA parts, reject parts, row-frame parts, lines for the exact path) of DuckDB's batches;
-    None when DuckDB's records do not line up with the file's lines."""
+def _parse_blocks(
+    path: Path, pool: PoolFile, options: ParseOptions, row_frames: bool
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], list[tuple[int, bytes]]]:
+    """(QA parts, reject parts, row-frame parts, (line number, bytes) for the exact path) of the file."""
     qa_parts: list[pl.DataFrame] = []
     reject_parts: list[pl.DataFrame] = []
     frame_parts: list[pl.DataFrame] = []
-    slow: list[np.ndarray] = []
-    con = duckdb.connect()
-    try:
-        con.execute("SET enable_progress_bar = false")
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        reader = con.sql(_sql(path, pool.kind, options.target_frames)).to_arrow_reader(BATCH_ROWS)
-        seen = 0
-        for record_batch in reader:
-            batch = pl.from_arrow(record_batch)
-            assert isinstance(batch, pl.DataFrame)
-            n = batch.height
-            if seen + n > lines.size:
-                return None  # DuckDB saw more records than there are lines
-            batch = batch.with_columns(line=pl.Series(lines[seen : seen + n]))
-            seen += n
-            batch = _with_fast_key(batch, pool.kind)
-            slow.append(batch.filter(pl.col("key").is_null())["line"].to_numpy())
+    slow: list[tuple[int, bytes]] = []
+    parse_options = pj.ParseOptions(
+        explicit_schema=_schema(pool.kind), unexpected_field_behavior="ignore"
+    )
+
+    def finish(block: memoryview, first: int, rows: Future) -> None:
+        batch, lines, starts, ends = rows.result()
+        if batch is not None:
+            lines = np.concatenate(
+                [lines, batch.filter(pl.col("key").is_null())["line"].to_numpy()]
+            )
             fast = batch.filter(pl.col("key").is_not_null())
             del batch
             pairs, no_pair = _pairs_of_batch(fast, pool.kind, row_frames)
-            slow.append(no_pair)
+            lines = np.concatenate([lines, no_pair])
             if row_frames:
                 kept = fast.select(
                     source_file=pl.lit(str(path), dtype=pl.String), line="line", frames="frames"
@@ -328,39 +411,42 @@ def _parse_batches(
             qa, empty = qa_frame(pairs, pool.kind, str(path), options.mcq_on_raw)
             qa_parts.append(qa)
             reject_parts.append(empty)
-        if seen != lines.size:
-            return None  # DuckDB skipped or merged lines: line numbers would not line up
-    finally:
-        con.close()
+        slow.extend(
+            (n, bytes(block[starts[n - first] : ends[n - first] + 1]))
+            for n in np.sort(lines).tolist()
+        )
+
+    # The reader parses the next block on a thread while this one's QA rows are built.
+    with ThreadPoolExecutor(1) as ahead:
+        first, pending = 1, None
+        for block in _blocks(path):
+            rows = ahead.submit(
+                _block_rows, block, first, pool.kind, options.target_frames, parse_options
+            )
+            if pending is not None:
+                finish(*pending)
+            pending = (block, first, rows)
+            first += int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == _NEWLINE))
+        if pending is not None:
+            finish(*pending)
     return qa_parts, reject_parts, frame_parts, slow
 
 
 def parse_file_fast(
-    pool: PoolFile,
-    options: ParseOptions | None = None,
-    *,
-    threads: int | None = None,
-    row_frames: bool = False,
+    pool: PoolFile, options: ParseOptions | None = None, *, row_frames: bool = False
 ) -> PoolResult | None:
     """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
 
-    threads: DuckDB threads (default: all cores). row_frames: see `pool.read_pool`.
+    row_frames: see `pool.read_pool`.
     """
     options = options or ParseOptions()
     path = Path(pool.path)
     if _is_json_array_file(path):
         return None
-    lines = nonblank_line_numbers(path)
-    try:
-        parsed = _parse_batches(path, pool, options, lines, threads, row_frames)
-    except duckdb.Error:  # a file DuckDB cannot read at all: every line takes the exact path
-        return None
-    if parsed is None:
-        return None
-    qa_parts, reject_parts, frame_parts, slow = parsed
-    slow_lines = np.sort(np.concatenate(slow)) if slow else np.zeros(0, dtype=np.int64)
-    if slow_lines.size:
-        exact = parse_records(_records_of_lines(path, slow_lines), pool, options)
+    qa_parts, reject_parts, frame_parts, slow = _parse_blocks(path, pool, options, row_frames)
+    if slow:
+        slow.sort()
+        exact = parse_records(slow, pool, options)
         if row_frames:
             exact = split_row_frames(exact)
             frame_parts.append(exact.frames)
@@ -376,7 +462,7 @@ def parse_file_fast(
         frames = frames.join(
             qa.select("line").unique(), on="line", how="semi", maintain_order="left"
         )
-    if slow_lines.size:
+    if slow:
         qa = qa.sort("line", maintain_order=True)
         frames = frames.sort("line", maintain_order=True) if frames is not None else None
     return PoolResult(qa, rejects.sort("line", maintain_order=True), frames)

@@ -1,16 +1,16 @@
-"""The DuckDB fast path of pool parsing gives exactly what the exact parser gives, odd rows included."""
+"""The fast path of pool parsing (Arrow's JSON reader) gives exactly what the exact parser gives, odd rows included."""
 
 import gzip
 import json
 import random
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
+import gdo_core.pool_fast as F
 from gdo_core import pool as P
-from gdo_core.pool_fast import fast_messages_key, nonblank_line_numbers, parse_file_fast
+from gdo_core.pool_fast import parse_file_fast
 
 
 def _msgs(*texts, keys=("role", "content"), roles=("user", "assistant")):
@@ -114,7 +114,8 @@ ODD = [
     {"id": "o15", "images": ["a.jpg"], "messages": [_msgs("q", "a")[0], None, _msgs("q", "a")[1]]},
 ]
 _OK = '"images": ["a.jpg"], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]'
-# JSON that DuckDB's reader takes and orjson (the exact parser) rejects, and a false alarm.
+# Numbers that orjson rejects and Python's json takes (both paths read these rows), lower-case nan
+# (both reject it), and NaN inside a text.
 LAX_JSON = [
     '{"id": "n1", ' + _OK + ', "score": NaN}',
     '{"id": "n2", ' + _OK + ', "score": -Infinity}',
@@ -132,6 +133,15 @@ RAW_ODD = [
     '{"id": "d1"}{"id": "d2"}',
     "   ",
     "",
+    '{"id": "t1", ' + _OK + ",}",  # trailing comma: bad JSON
+    '{"id": "k1", "id": "k2", ' + _OK + "}",  # repeated key: the last one counts
+    '{"id": "k3", ' + _OK.replace('"q"', '"q", "content": "q2"') + "}",
+    '\ufeff{"id": "b1", ' + _OK + "}",  # byte order mark
+    '  {"id": "s1", ' + _OK + "}",  # indented line
+    '{"id": "w1", ' + _OK + '} {"id": "w2", ' + _OK + "}",
+    '{"id": "w3", ' + _OK + "}  ",  # trailing spaces
+    '{"id": "sp1",\n' + _OK + "}",  # one object over two lines
+    '{"id": "sp2", "extra": {}\n}',
     '{"id": "u1", "images": ["a.jpg"], "messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]}',
 ]
 
@@ -225,73 +235,58 @@ def test_read_pool_fast_and_exact_agree_on_both_files(tmp_path):
 
 
 def test_resampled_indices_match_pythons_round(tmp_path):
-    """DuckDB's round_even picks the same frames as Python's round for every length up to 400."""
+    """The fast path picks the same frames as Python's round for every length up to 400."""
     counts = list(range(1, 401))
     rows = [{"id": f"v{n}", "images": _frames("f", n), "messages": _msgs("q", "a")} for n in counts]
     path = _write(tmp_path / "vv.jsonl", [json.dumps(r) for r in rows])
-    for target in (2, 3, 7, 16, 32, 64):
+    for target in (1, 2, 3, 7, 16, 32, 64):
         result = parse_file_fast(P.PoolFile(path, "video"), P.ParseOptions(target_frames=target))
         got = [[int(f[2:6]) for f in frames] for frames in result.qa["frames"].to_list()]
         assert got == [P.resample_indices(n, target) for n in counts]
 
 
-def test_nonblank_line_numbers_skip_whitespace_lines(tmp_path):
-    path = tmp_path / "x.jsonl"
-    path.write_bytes(b'{"a":1}\n\n  \t\n{"b":2}\r\n \r\n{"c":3}')
-    assert nonblank_line_numbers(path).tolist() == [1, 4, 6]
-    path.write_bytes(b"")
-    assert nonblank_line_numbers(path).size == 0
-    big = tmp_path / "big.jsonl"
-    lines = [("" if i % 97 == 0 else f'{{"i": {i}}}') for i in range(300_000)]
-    big.write_text("\n".join(lines) + "\n")
-    expected = np.array([i + 1 for i, line in enumerate(lines) if line])
-    assert np.array_equal(nonblank_line_numbers(big), expected)
+@pytest.mark.parametrize("block", [1, 7, 64, 600])
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_small_blocks_long_lines_and_refused_runs_match_the_exact_parser(
+    tmp_path, monkeypatch, block, suffix
+):
+    """Lines longer than a block, blocks of one line, and bad lines found by halving refused blocks."""
+    monkeypatch.setattr(F, "BLOCK_BYTES", block)
+    monkeypatch.setattr(F, "_BISECT_LINES", 1)
+    rng = random.Random(block)
+    lines = _lines(COMMON * 2 + ODD, rng, RAW_ODD)
+    _assert_same(_write(tmp_path / f"ov{suffix}", lines, trailing=False), "onevision")
+    video = _lines(_video_rows(rng, 12) + ODD[:5], rng, RAW_ODD[:4])
+    _assert_same(_write(tmp_path / f"vv{suffix}", video, "\r\n"), "video", target_frames=8)
 
 
-@pytest.mark.parametrize("block", [1, 2, 3, 5, 64])
-def test_nonblank_line_numbers_across_block_boundaries(tmp_path, monkeypatch, block):
-    import gdo_core.pool_fast as F
+def test_rows_of_the_common_shape_take_the_fast_path(tmp_path, monkeypatch):
+    exact_lines: list[int] = []
 
-    monkeypatch.setattr(F, "_BLOCK_BYTES", block)
-    cases = {
-        b'{"a":1}\n{"b":2}\n': [1, 2],
-        b'{"a":1}\n{"b":2}': [1, 2],  # last line without a newline
-        b'  {"a":1}\n\t\n{"b":2}\n': [1, 3],  # indented lines are not blank
-        b"\n\n{}\n \n": [3],
-        b"\x0b\n{}": [2],
-        b"{}\n\x0c": [1],
-    }
-    for data, expected in cases.items():
-        path = tmp_path / "x.jsonl"
-        path.write_bytes(data)
-        assert nonblank_line_numbers(path).tolist() == expected, data
+    def spy(records, pool, options):
+        exact_lines.extend(number for number, _ in records)
+        return P.parse_records(records, pool, options)
+
+    monkeypatch.setattr(F, "parse_records", spy)
+    common = [row for row in COMMON if row["id"] != "c9"]  # c9 has a null image path
+    path = _write(tmp_path / "ov.jsonl", _lines(common * 50, random.Random(1)))
+    assert _assert_same(path, "onevision").qa.height > 200
+    assert exact_lines == []
+    # "messages": null beside "conversations" reads as no messages on both paths
+    named = {"id": "m1", "images": ["a.jpg"], "messages": None, "conversations": _msgs("q", "a")}
+    bare = {"id": "m2", "images": ["a.jpg"], "conversations": _msgs("q", "a")}
+    path = _write(tmp_path / "ov2.jsonl", [json.dumps(named), json.dumps(bare)])
+    result = _assert_same(path, "onevision")
+    assert result.qa["qa_uid"].to_list() == ["ov::m2::t0"]
+    assert result.rejects["reason"].to_list() == ["no_messages"]
 
 
-def test_fast_key_accepts_only_shapes_the_exact_parser_reads_alike():
-    ok = {
-        "id": "VARCHAR",
-        "images": ["VARCHAR"],
-        "messages": [{"role": "VARCHAR", "content": "VARCHAR"}],
-    }
-    assert fast_messages_key(json.dumps(ok), "onevision") == "messages"
-    conv = {
-        "id": "VARCHAR",
-        "image": "VARCHAR",
-        "conversations": [{"from": "VARCHAR", "value": "NULL"}],
-    }
-    assert fast_messages_key(json.dumps(conv), "video") == "conversations"
-    for change in (
-        {"id": "BIGINT"},
-        {"images": "VARCHAR"},
-        {"messages": "NULL"},
-        {"messages": [{"role": "VARCHAR", "content": "JSON"}]},
-        {"data_source": "DOUBLE"},
-        {"messages": ["VARCHAR"]},
-    ):
-        assert fast_messages_key(json.dumps({**ok, **change}), "onevision") is None
-    assert fast_messages_key(json.dumps({**ok, "video_id": "BIGINT"}), "onevision") == "messages"
-    assert fast_messages_key(json.dumps({**ok, "video_id": "BIGINT"}), "video") is None
-    assert fast_messages_key('"VARCHAR"', "onevision") is None
+def test_numbers_orjson_rejects_are_read_on_both_paths(tmp_path):
+    path = _write(tmp_path / "ov.jsonl", LAX_JSON + [RAW_ODD[-1]])
+    result = _assert_same(path, "onevision")
+    assert result.qa["qa_uid"].to_list() == [f"ov::n{i}::t0" for i in (1, 2, 3, 4, 6)]
+    assert result.rejects["line"].to_list() == [5, 7]  # lower-case nan; a lone surrogate
+    assert set(result.rejects["reason"].to_list()) == {"bad_json"}
 
 
 def test_json_array_files_take_the_exact_path(tmp_path):
@@ -313,7 +308,9 @@ def test_row_frames_hold_each_lines_frames_once(tmp_path, fast):
     assert lean.qa.equals(full.qa.drop("frames")) and lean.rejects.equals(full.rejects)
     expected = P.split_row_frames(full).frames
     assert lean.frames.equals(expected)
-    joined = lean.qa.join(lean.frames, on=["source_file", "line"], how="left", maintain_order="left")
+    joined = lean.qa.join(
+        lean.frames, on=["source_file", "line"], how="left", maintain_order="left"
+    )
     assert joined["frames"].equals(full.qa["frames"])
 
 
@@ -327,11 +324,14 @@ def test_invalid_utf8_lines_are_rejected_like_the_exact_parser(tmp_path):
 
 
 def test_known_differences_of_the_fast_path(tmp_path):
-    """Documented in pool_fast: DuckDB takes trailing commas and keeps the first repeated key."""
-    lines = ['{"id": "t1", ' + _OK + ",}", '{"id": "k1", "id": "k2", ' + _OK + "}"]
+    """Documented in pool_fast: Arrow's reader also takes -NaN, Inf and -Inf in keys it does not read."""
+    lines = [
+        '{"id": "x1", ' + _OK + ', "w": -NaN}',
+        '{"id": "x2", ' + _OK + ', "w": [Inf, -Inf]}',
+    ]
     path = _write(tmp_path / "ov.jsonl", lines)
     fast = parse_file_fast(P.PoolFile(path, "onevision"))
     exact = P.parse_records(list(P.iter_lines(path)), P.PoolFile(path, "onevision"))
-    assert fast.qa["qa_uid"].to_list() == ["ov::t1::t0", "ov::k1::t0"]
-    assert exact.qa["qa_uid"].to_list() == ["ov::k2::t0"]
-    assert exact.rejects["reason"].to_list() == ["bad_json"]
+    assert fast.qa["qa_uid"].to_list() == ["ov::x1::t0", "ov::x2::t0"]
+    assert exact.qa.height == 0
+    assert exact.rejects["reason"].to_list() == ["bad_json", "bad_json"]
