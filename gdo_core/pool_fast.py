@@ -165,19 +165,43 @@ def _media(table: pa.Table) -> pa.ListArray:
 def _kept_frames(media: pa.ListArray, kind: str, target_frames: int) -> pa.ListArray:
     """The frames each QA keeps: the first image, or `target_frames` picked as `pool.resample_indices`."""
     t = 1 if kind == "onevision" else max(target_frames, 1)
-    offsets = np.asarray(media.offsets, dtype=np.int64)
-    valid = np.asarray(media.is_valid(), dtype=bool)
+    offsets = _numpy(media.offsets).astype(np.int64)
+    valid = _numpy(media.is_valid())
     n = np.where(valid, np.diff(offsets), 0)
     keep = np.minimum(n, t)
-    new_offsets = np.concatenate(([0], np.cumsum(keep)))
+    new_offsets = np.concatenate(([0], np.cumsum(keep))).astype(np.int32)
     within = np.arange(new_offsets[-1], dtype=np.int64) - np.repeat(new_offsets[:-1], keep)
     if t > 1:
         length = np.repeat(n, keep)
         long = length > t  # i -> round(i * (n - 1) / (t - 1)), Python's round (half to even)
         within[long] = np.round(within[long] * (length[long] - 1) / (t - 1)).astype(np.int64)
-    values = media.values.take(pa.array(np.repeat(offsets[:-1], keep) + within))
-    mask = pa.array(~valid) if not valid.all() else None
-    return pa.ListArray.from_arrays(pa.array(new_offsets, pa.int32()), values, mask=mask)
+    values = media.values.take(_arrow(np.repeat(offsets[:-1], keep) + within))
+    mask = None if valid.all() else _arrow(~valid)
+    return pa.ListArray.from_arrays(_arrow(new_offsets), values, mask=mask)
+
+
+def _numpy(array: pa.Array) -> np.ndarray:
+    """A null-free int32, int64 or boolean Arrow array as numpy, read from its buffers.
+
+    (`to_numpy` and `pa.array` make pyarrow import pandas, about 0.3 s, which a build never needs.)
+    """
+    data = array.buffers()[1]
+    if pa.types.is_boolean(array.type):
+        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+        return bits[array.offset : array.offset + len(array)].astype(bool)
+    width = np.int64 if pa.types.is_int64(array.type) else np.int32
+    return np.frombuffer(data, dtype=width)[array.offset : array.offset + len(array)]
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A numpy int32, int64 or boolean array as an Arrow array, built from its buffer (see `_numpy`)."""
+    if values.dtype == bool:
+        data = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), values.size, [None, pa.py_buffer(data)])
+    kind = {np.dtype(np.int32): pa.int32(), np.dtype(np.int64): pa.int64()}[values.dtype]
+    return pa.Array.from_buffers(
+        kind, values.size, [None, pa.py_buffer(np.ascontiguousarray(values))]
+    )
 
 
 def _fast_rows(

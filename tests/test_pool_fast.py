@@ -3,6 +3,8 @@
 import gzip
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -287,6 +289,20 @@ def test_numbers_orjson_rejects_are_read_on_both_paths(tmp_path):
     assert result.qa["qa_uid"].to_list() == [f"ov::n{i}::t0" for i in (1, 2, 3, 4, 6)]
     assert result.rejects["line"].to_list() == [5, 7]  # lower-case nan; a lone surrogate
     assert set(result.rejects["reason"].to_list()) == {"bad_json"}
+
+
+def test_the_fast_path_does_not_import_pandas(tmp_path):
+    """pyarrow imports pandas (about 0.3 s) on `pa.array` or `to_numpy`; a build never needs it."""
+    rng = random.Random(2)
+    ov = _write(tmp_path / "ov.jsonl", _lines(COMMON + ODD, rng, RAW_ODD))
+    vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 30), rng))
+    code = (
+        "import sys; from gdo_core import pool as P; "
+        f"r = P.read_pool({str(ov)!r}, {str(vv)!r}, workers=1, row_frames=True); "
+        "assert r.qa.height > 0; print('pandas' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_json_array_files_take_the_exact_path(tmp_path):
