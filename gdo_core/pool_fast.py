@@ -10,7 +10,7 @@ schema and the exact parser would read it the same way; every other line (bad JS
 repeated keys, typed content parts, video files, empty lists, a line that does not run from `{`
 to `}`, ...) is handed, with its exact bytes and line number, to `pool.parse_records`, so results and
 rejects are the same as the exact path's; tests/test_pool_fast.py checks that on a pool of odd
-rows. A block the reader refuses is halved until the refused lines are found.
+rows. A block the reader refuses is read again in parts until the refused lines are found.
 
 Numbers in keys gdo does not read: the reader takes NaN, Infinity, -Infinity and numbers beyond a
 double, and so does the exact parser (`pool._loads`). Known difference that remains: the reader
@@ -52,6 +52,7 @@ from gdo_core.pool import (
 
 BLOCK_BYTES = 16 * 2**20  # whole lines read and parsed at a time
 _BISECT_LINES = 8  # a refused run of at most this many lines goes to the exact path whole
+_SPLIT = 16  # a refused run of more lines is read again in this many parts
 _MESSAGE = pa.struct([(k, pa.string()) for k in ("role", "from", "content", "value")])
 _NEWLINE, _CARRIAGE, _OPEN, _CLOSE = ord("\n"), ord("\r"), ord("{"), ord("}")
 _MESSAGES_KEY = re.compile(rb'"messages"')
@@ -128,21 +129,43 @@ def _read_lines(
 
     block holds the lines; offsets their start offsets in it plus the end (len(numbers) + 1 values).
     """
+    table = _read(block, numbers.size, options)
+    if table is not None:
+        yield table, numbers
+    else:
+        yield from _split(block, numbers, offsets, options)
+
+
+def _read(block: memoryview, rows: int, options: pj.ParseOptions) -> pa.Table | None:
+    """The reader's table of the block, or None when it refuses the block or finds another row count."""
     whole = pj.ReadOptions(use_threads=False, block_size=max(len(block) + 1, 2**20))
     try:
         table = pj.read_json(pa.py_buffer(block), read_options=whole, parse_options=options)
-        if table.num_rows == numbers.size:
-            yield table, numbers
-            return
-    except pa.ArrowException:  # bad JSON, other types, a line too long for a block, ...
-        pass
+    except pa.ArrowException:  # bad JSON, other types, ...
+        return None
+    return table if table.num_rows == rows else None
+
+
+def _split(
+    block: memoryview, numbers: np.ndarray, offsets: np.ndarray, options: pj.ParseOptions
+) -> Iterator[tuple[pa.Table | None, np.ndarray]]:
+    """`_read_lines` of a run the reader refused: read again in `_SPLIT` parts, and so on."""
     if numbers.size <= _BISECT_LINES:
         yield None, numbers
         return
-    half = numbers.size // 2
-    cut = int(offsets[half] - offsets[0])
-    yield from _read_lines(block[:cut], numbers[:half], offsets[: half + 1], options)
-    yield from _read_lines(block[cut:], numbers[half:], offsets[half:], options)
+    bounds = np.linspace(0, numbers.size, min(_SPLIT, numbers.size) + 1).astype(np.int64)
+    parts = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        part = block[int(offsets[lo] - offsets[0]) : int(offsets[hi] - offsets[0])]
+        parts.append((part, lo, hi, _read(part, hi - lo, options)))
+    if all(table is None for *_, table in parts):  # refused throughout (say, every id a number)
+        yield None, numbers
+        return
+    for part, lo, hi, table in parts:
+        if table is not None:
+            yield table, numbers[lo:hi]
+        else:
+            yield from _split(part, numbers[lo:hi], offsets[lo : hi + 1], options)
 
 
 def _media(table: pa.Table) -> pa.ListArray:

@@ -252,7 +252,7 @@ def test_resampled_indices_match_pythons_round(tmp_path):
 def test_small_blocks_long_lines_and_refused_runs_match_the_exact_parser(
     tmp_path, monkeypatch, block, suffix
 ):
-    """Lines longer than a block, blocks of one line, and bad lines found by halving refused blocks."""
+    """Lines longer than a block, blocks of one line, and bad lines found by splitting refused blocks."""
     monkeypatch.setattr(F, "BLOCK_BYTES", block)
     monkeypatch.setattr(F, "_BISECT_LINES", 1)
     rng = random.Random(block)
@@ -260,6 +260,18 @@ def test_small_blocks_long_lines_and_refused_runs_match_the_exact_parser(
     _assert_same(_write(tmp_path / f"ov{suffix}", lines, trailing=False), "onevision")
     video = _lines(_video_rows(rng, 12) + ODD[:5], rng, RAW_ODD[:4])
     _assert_same(_write(tmp_path / f"vv{suffix}", video, "\r\n"), "video", target_frames=8)
+
+
+@pytest.mark.parametrize("every", [1, 3, 40])
+def test_refused_rows_everywhere_or_sparse_match_the_exact_parser(tmp_path, monkeypatch, every):
+    """Rows the reader refuses (a number id) in every line, every 3rd line or every 40th line."""
+    monkeypatch.setattr(F, "_BISECT_LINES", 2)
+    rows = [
+        {"id": i if i % every == 0 else f"r{i}", "images": ["a.jpg"], "messages": _msgs("q", "a")}
+        for i in range(300)
+    ]
+    result = _assert_same(_write(tmp_path / "ov.jsonl", [json.dumps(r) for r in rows]), "onevision")
+    assert result.qa.height == 300
 
 
 def test_rows_of_the_common_shape_take_the_fast_path(tmp_path, monkeypatch):
