@@ -13,8 +13,9 @@ rejects are the same as the exact path's; tests/test_pool_fast.py checks that on
 rows. A block the reader refuses is read again in parts until the refused lines are found.
 
 Numbers in keys gdo does not read: the reader takes NaN, Infinity, -Infinity and numbers beyond a
-double, and so does the exact parser (`pool._loads`). Known difference that remains: the reader
-also takes the tokens -NaN, Inf and -Inf there, which the exact parser rejects as bad JSON.
+double, and so does the exact parser (`pool._loads`). Known differences that remain, both in keys
+gdo does not read: the reader also takes the tokens -NaN, Inf and -Inf, and arrays or objects
+nested deeper than 1024 levels, which the exact parser rejects as bad JSON.
 """
 
 from __future__ import annotations
