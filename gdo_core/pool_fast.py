@@ -293,6 +293,7 @@ def _child_nulls(column: pa.ChunkedArray) -> bool:
 
 def _block_rows(
     block: memoryview,
+    ends: np.ndarray,
     first: int,
     kind: str,
     target_frames: int,
@@ -300,10 +301,10 @@ def _block_rows(
 ) -> tuple[pl.DataFrame | None, np.ndarray, np.ndarray, np.ndarray]:
     """(rows the reader took with `key` and `line`, or None; lines for the exact path; line starts; line ends).
 
-    block: whole newline-terminated lines, the first of them line number `first`.
+    block: whole newline-terminated lines, the first of them line number `first`; ends: the
+    offsets of its newlines.
     """
     buffer = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(buffer == _NEWLINE)
     starts = np.concatenate(([0], ends[:-1] + 1))
     numbers = np.arange(first, first + ends.size, dtype=np.int64)
     head = buffer[starts]
@@ -468,13 +469,14 @@ def _parse_blocks(
     with ThreadPoolExecutor(1) as ahead:
         first, pending = 1, None
         for block in _blocks(path):
+            ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == _NEWLINE)
             rows = ahead.submit(
-                _block_rows, block, first, pool.kind, options.target_frames, parse_options
+                _block_rows, block, ends, first, pool.kind, options.target_frames, parse_options
             )
             if pending is not None:
                 finish(*pending)
             pending = (block, first, rows)
-            first += int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == _NEWLINE))
+            first += ends.size
         if pending is not None:
             finish(*pending)
     return qa_parts, reject_parts, frame_parts, slow
