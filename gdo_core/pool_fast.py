@@ -114,7 +114,7 @@ def _read_blocks(path: Path) -> Iterator[memoryview]:
 
 
 def _is_utf8(block: memoryview) -> bool:
-    """Whether the block is valid UTF-8 (checked by polars, about 4x faster than bytes.decode)."""
+    """Whether the block is valid UTF-8 (checked by polars, about 3x faster than bytes.decode)."""
     offsets = pa.py_buffer(np.array([0, len(block)], dtype=np.int64))
     whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(block)])
     try:
