@@ -237,7 +237,8 @@ def _fast_rows(
     starts: np.ndarray,
     ends: np.ndarray,
 ) -> pl.DataFrame:
-    """The reader's rows as the batch `_pairs_of_batch` takes, `key` null where the exact path must read the row.
+    """The reader's rows as the batch `_pairs_of_batch` takes: `msgs` (the messages or conversations
+    list), `key` (which one; null where the exact path must read the row), frames and ids.
 
     numbers, starts, ends: each row's line number and the offsets of its line in block.
     """
@@ -278,9 +279,11 @@ def _fast_rows(
         .then(pl.col("messages"))
         .otherwise(pl.col("conversations"))
     )
-    usable = (pl.col("row_id") != "") & (chosen.list.len() > 0) & (pl.col("frames").list.len() > 0)
+    batch = batch.with_columns(msgs=chosen).drop("messages", "conversations")
+    msgs = pl.col("msgs")
+    usable = (pl.col("row_id") != "") & (msgs.list.len() > 0) & (pl.col("frames").list.len() > 0)
     if _child_nulls(messages) or _child_nulls(conversations):  # null messages: wrong_type
-        usable &= ~chosen.list.eval(pl.element().is_null()).list.any()
+        usable &= ~msgs.list.eval(pl.element().is_null()).list.any()
     if frames.values.null_count:
         usable &= pl.col("frames").list.count_matches(None) == 0
     return batch.with_columns(key=pl.when(usable.fill_null(False)).then(pl.col("key")))
@@ -380,11 +383,7 @@ def _pairs_of_batch(
 
     row_frames: the pairs carry `n_frames` instead of the frame list.
     """
-    batch = batch.with_columns(
-        msgs=pl.when(pl.col("key") == "messages")
-        .then(pl.col("messages"))
-        .otherwise(pl.col("conversations"))
-    ).with_row_index("fi")
+    batch = batch.with_row_index("fi")
     msgs = batch.select("fi", "msgs").explode("msgs").unnest("msgs")
     role = pl.coalesce("role", "from").str.to_lowercase()
     msgs = msgs.select(
