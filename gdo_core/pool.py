@@ -655,10 +655,23 @@ def read_pool(
     # Arrow's allocator keeps the pages the reader freed for reuse: about 130 MB at 230k QAs.
     pa.default_memory_pool().release_unused()
     return PoolResult(
-        pl.concat(qa) if qa else S.empty_frame(S.QA_SCHEMA),
+        few_chunks(pl.concat(qa)) if qa else S.empty_frame(S.QA_SCHEMA),
         pl.concat(rejects) if rejects else S.empty_frame(S.REJECT_SCHEMA),
-        pl.concat(frames) if row_frames and frames else None,
+        few_chunks(pl.concat(frames)) if row_frames and frames else None,
     )
+
+
+MAX_CHUNKS = 4
+
+
+def few_chunks(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame copied into one chunk per column when it is in more than MAX_CHUNKS.
+
+    A parsed pool comes in one chunk per block (about 33 at 1M QAs, 8 from the cache). At 1M the
+    selection then runs 8% faster and the build peaks 100-260 MB lower, which pays for the copy;
+    a table in 2 chunks (230k QAs from the cache) gains nothing and keeps the copy's pages.
+    """
+    return frame.rechunk() if frame.n_chunks() > MAX_CHUNKS else frame
 
 
 ROW_FRAMES_SCHEMA: dict[str, pl.DataType] = {

@@ -88,7 +88,8 @@ def _load(entry: Path) -> P.PoolResult | None:
         frames = pl.read_ipc(entry / _FRAMES_FILE)
         text = pl.read_ipc(entry / _TEXT_FILE)
         order = json.loads((entry / "columns.json").read_text())
-        qa = pl.concat([qa, text], how="horizontal").select(order)
+        qa = P.few_chunks(pl.concat([qa, text], how="horizontal").select(order))
+        frames = P.few_chunks(frames)
     except (OSError, ValueError, pl.exceptions.PolarsError):  # missing or damaged entry: parse again
         return None
     return P.PoolResult(qa, rejects, frames)

@@ -262,6 +262,31 @@ def test_small_blocks_long_lines_and_refused_runs_match_the_exact_parser(
     _assert_same(_write(tmp_path / f"vv{suffix}", video, "\r\n"), "video", target_frames=8)
 
 
+def test_a_pool_read_in_many_blocks_comes_back_in_one_chunk(tmp_path, monkeypatch):
+    """read_pool copies a table of one chunk per block into one chunk (`pool.few_chunks`)."""
+    rng = random.Random(5)
+    ov = _write(tmp_path / "ov.jsonl", _lines(COMMON * 3, rng))
+    vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 30), rng))
+    whole = P.read_pool(ov, vv, row_frames=True)
+    monkeypatch.setattr(F, "BLOCK_BYTES", 256)
+    blocks = [F.parse_file_fast(f, row_frames=True) for f in P.pool_files(ov, vv)]
+    assert sum(b.qa.n_chunks() for b in blocks) > P.MAX_CHUNKS
+    small = P.read_pool(ov, vv, row_frames=True)
+    assert small.qa.n_chunks("all") == [1] * small.qa.width
+    assert small.frames.n_chunks() <= P.MAX_CHUNKS
+    assert small.qa.equals(whole.qa) and small.frames.equals(whole.frames)
+
+
+def test_few_chunks_copies_only_a_table_in_many_chunks():
+    parts = [pl.DataFrame({"a": [i, i + 1], "b": [str(i), None]}) for i in range(P.MAX_CHUNKS + 1)]
+    many = pl.concat(parts)
+    one = P.few_chunks(many)
+    assert many.n_chunks() == P.MAX_CHUNKS + 1 and one.n_chunks("all") == [1, 1]
+    assert one.equals(many)
+    few = pl.concat(parts[:2])
+    assert P.few_chunks(few).n_chunks() == 2
+
+
 @pytest.mark.parametrize("every", [1, 3, 40])
 def test_refused_rows_everywhere_or_sparse_match_the_exact_parser(tmp_path, monkeypatch, every):
     """Rows the reader refuses (a number id) in every line, every 3rd line or every 40th line."""
