@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from gdo_core import pool as P
 from gdo_core.candidate_score import METRIC_COLUMNS, Ablations
 from gdo_core.pool import resample_indices
 from gdo_core.pool_cache import cached_read_pool, default_cache_dir
@@ -235,7 +236,7 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
             frame = pl.read_parquet(path)
         except Exception as exc:  # polars raises several error types for corrupt files
             raise MetricsError(f"{where}: unreadable Parquet file ({exc})") from exc
-        return MetricsTable(_normalise_columns(frame, where), where, "parquet")
+        return MetricsTable(P.few_chunks(_normalise_columns(frame, where)), where, "parquet")
     if kind == "duckdb":
         import duckdb
 
@@ -265,7 +266,9 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
             frame = con.sql(f"select {', '.join(wanted) or '*'} from {DUCKDB_TABLE}").pl()
         finally:
             con.close()
-        return MetricsTable(_normalise_columns(frame, f"{where} [{DUCKDB_TABLE}]"), where, "duckdb")
+        return MetricsTable(
+            P.few_chunks(_normalise_columns(frame, f"{where} [{DUCKDB_TABLE}]")), where, "duckdb"
+        )
     raw = gzip.decompress(path.read_bytes()) if kind == "jsonl.gz" else None
     try:  # fast path: flat, well-formed rows (plain files are read by polars without a copy here)
         frame = pl.read_ndjson(io.BytesIO(raw) if raw is not None else path)
@@ -275,7 +278,7 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
                 frame["qa_uid"].null_count() == 0
                 and not (frame["qa_uid"].str.strip_chars() == "").any()
             ):
-                return MetricsTable(frame, where, "jsonl")
+                return MetricsTable(P.few_chunks(frame), where, "jsonl")
     except (pl.exceptions.PolarsError, MetricsError, ValueError):
         pass
     return _read_metrics_jsonl_rows(raw if raw is not None else path.read_bytes(), where, strict)
