@@ -285,6 +285,10 @@ def test_few_chunks_copies_only_a_table_in_many_chunks():
     assert one.equals(many)
     few = pl.concat(parts[:2])
     assert P.few_chunks(few).n_chunks() == 2
+    # a later column in many chunks counts too (the cache joins Parquet and Arrow columns)
+    mixed = pl.concat([many.select("a").rechunk(), many.select("b")], how="horizontal")
+    assert mixed.n_chunks("all") == [1, P.MAX_CHUNKS + 1]
+    assert P.few_chunks(mixed).n_chunks("all") == [1, 1]
 
 
 @pytest.mark.parametrize("every", [1, 3, 40])
