@@ -668,7 +668,7 @@ def few_chunks(frame: pl.DataFrame) -> pl.DataFrame:
     """The frame copied into one chunk per column when a column is in more than MAX_CHUNKS.
 
     A parsed pool comes in one chunk per block (about 33 at 1M QAs, 8 from the cache). At 1M the
-    selection then runs 8% faster and the build peaks 100-260 MB lower, which pays for the copy;
+    selection then runs 8% faster and the build peaks 70-260 MB lower, which pays for the copy;
     a table in 2 chunks (230k QAs from the cache) gains nothing and keeps the copy's pages.
     """
     return frame.rechunk() if max(frame.n_chunks("all"), default=1) > MAX_CHUNKS else frame
