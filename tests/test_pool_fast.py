@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -378,6 +379,38 @@ def test_invalid_utf8_lines_are_rejected_like_the_exact_parser(tmp_path):
     path.write_bytes(bad + b"\n" + good + b"\n")
     result = _assert_same(path, "onevision")
     assert result.rejects["reason"].to_list() == ["bad_json"] and result.qa.height == 1
+
+
+@pytest.mark.parametrize("step", [1, 7, 64, 4096])
+def test_newlines_found_step_by_step_match_one_scan(step):
+    rng = np.random.default_rng(step)
+    data = rng.choice(np.frombuffer(b"ab\n{}", dtype=np.uint8), size=1000).tobytes()
+    expected = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    assert np.array_equal(F._newlines(memoryview(data), step), expected)
+    assert F._newlines(memoryview(b""), step).size == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"plain\n",
+        b"\x00 nul\n",
+        "caf\u00e9 \U0001f600 \uffff".encode(),
+        b"\xff\n",  # not a UTF-8 byte
+        b"\xc0\x80\n",  # overlong NUL
+        b"\xed\xa0\x80\n",  # an encoded surrogate
+        b"\xf4\x90\x80\x80\n",  # beyond U+10FFFF
+        b"ok \xe2\x82\n",  # cut short
+        b"",
+    ],
+)
+def test_utf8_check_agrees_with_python(text):
+    try:
+        text.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    assert F._is_utf8(memoryview(text)) is valid
 
 
 def test_known_differences_of_the_fast_path(tmp_path):
