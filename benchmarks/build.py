@@ -250,6 +250,12 @@ class _RssSampler(threading.Thread):
 
 def _child(args: argparse.Namespace) -> None:
     """One build in this process; prints timings, peak RSS and peak RSS per phase as JSON."""
+    if args.low_memory:  # before polars is imported, as `gdo build --low-memory` does
+        from gdo_core.memory import prefer_low_memory
+
+        missed = prefer_low_memory()
+        if missed:
+            print(f"--low-memory: not applied to {', '.join(missed)}", file=sys.stderr)
     from gdo_core.build import build_subsets
 
     folder = Path(args.pool)
@@ -308,6 +314,11 @@ def main() -> None:
         action="store_true",
         help="also print each build phase's peak RSS (MB) of the median run",
     )
+    parser.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="run the builds as `gdo build --low-memory` (gdo_core.memory)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -351,6 +362,7 @@ def main() -> None:
             "--out",
             str(OUT / f"build_{preset}_{mode}"),
             *(["--phases"] if args.phases else []),
+            *(["--low-memory"] if args.low_memory else []),
         ]
         warm_dir = OUT / f"cache_{args.qas}_{mode}"
         if cache == "warm":  # one untimed build fills the cache
@@ -401,7 +413,8 @@ def main() -> None:
                 + ", ".join(f"{k} {v}" for k, v in r["rss_by_phase_mb"].items()),
                 flush=True,
             )
-    (OUT / f"build_results_{args.qas}.json").write_text(
+    suffix = "_low_memory" if args.low_memory else ""
+    (OUT / f"build_results_{args.qas}{suffix}.json").write_text(
         json.dumps({"pool": info, "results": results}, indent=2)
     )
 

@@ -301,8 +301,20 @@ def build(
         Path | None,
         typer.Option(help="Parsed-pool cache folder (default: $GDO_CACHE_DIR or ~/.cache/gdo/pools)."),
     ] = None,
+    low_memory: Annotated[
+        bool,
+        typer.Option(
+            "--low-memory",
+            help="Hand freed memory back to the system promptly: lower peak RSS, a little slower.",
+        ),
+    ] = False,
 ) -> None:
     """Build the GDO 1x subset and the Uni-10x baseline for one goal profile."""
+    if low_memory:  # before polars is imported: it reads its allocator settings then
+        from gdo_core.memory import prefer_low_memory
+
+        for part in prefer_low_memory():
+            typer.echo(f"gdo: --low-memory: not applied to {part}", err=True)
     from gdo_core.build import build_subsets
 
     with clear_errors():
