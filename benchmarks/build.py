@@ -254,8 +254,8 @@ def _child(args: argparse.Namespace) -> None:
         from gdo_core.memory import prefer_low_memory
 
         missed = prefer_low_memory()
-        if missed:
-            print(f"--low-memory: not applied to {', '.join(missed)}", file=sys.stderr)
+        if missed:  # not a low-memory run: fail rather than record it as one
+            sys.exit(f"--low-memory: not applied to {', '.join(missed)}")
     from gdo_core.build import build_subsets
 
     folder = Path(args.pool)

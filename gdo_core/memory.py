@@ -9,12 +9,12 @@ output bytes are the same. README.md ("Memory") gives the measured effect.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
 # Appended after polars' own defaults, so these win; a user's own _RJEM_MALLOC_CONF comes after them.
-JEMALLOC_CONF = "dirty_decay_ms:100,muzzy_decay_ms:0,background_thread:true"
+# (polars' jemalloc already purges on a background thread, so background_thread is not needed)
+JEMALLOC_CONF = "dirty_decay_ms:100,muzzy_decay_ms:0"
 JEMALLOC_ENV = "_RJEM_MALLOC_CONF"  # read by polars when it is imported
 MMAP_THRESHOLD_BYTES = 2**20  # glibc: blocks from 1 MiB up are mapped, and unmapped when freed
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -35,12 +35,10 @@ def prefer_low_memory() -> list[str]:
 
 def _set_mmap_threshold(size: int) -> bool:
     """glibc's `mallopt(M_MMAP_THRESHOLD, size)`, which also stops glibc from raising it; False elsewhere."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or not glibc
+    try:  # not glibc: macOS has no mallopt, Windows no CDLL(None)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, size) == 1
+    return mallopt(_M_MMAP_THRESHOLD, size) == 1  # musl's mallopt does nothing and returns 0

@@ -386,7 +386,8 @@ def test_newlines_found_step_by_step_match_one_scan(step):
     rng = np.random.default_rng(step)
     data = rng.choice(np.frombuffer(b"ab\n{}", dtype=np.uint8), size=1000).tobytes()
     expected = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
-    assert np.array_equal(F._newlines(memoryview(data), step), expected)
+    found = F._newlines(memoryview(data), step)
+    assert found.dtype == np.int64 and np.array_equal(found, expected)
     assert F._newlines(memoryview(b""), step).size == 0
 
 
@@ -401,6 +402,7 @@ def test_newlines_found_step_by_step_match_one_scan(step):
         b"\xed\xa0\x80\n",  # an encoded surrogate
         b"\xf4\x90\x80\x80\n",  # beyond U+10FFFF
         b"ok \xe2\x82\n",  # cut short
+        b"x" * 100 + b"\xed\xbf\xbf" + b"y" * 100,  # a surrogate inside a long run
         b"",
     ],
 )
