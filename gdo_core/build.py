@@ -64,7 +64,7 @@ SFT_QA_COLUMNS = frozenset(
     | {"temporal_category", "bucket", "data_source"}
 )
 BAD_EXAMPLES_KEPT = 5
-OUTPUT_SLICE_ROWS = 65_536  # SFT rows built and written at a time (bounds the output's memory)
+OUTPUT_SLICE_ROWS = 16_384  # SFT rows built and written at a time (bounds the output's memory)
 
 
 class MetricsError(ValueError):
@@ -445,17 +445,16 @@ def frame_rows(selected: pl.DataFrame, row_frames: pl.DataFrame) -> pl.Series:
 
 def _selected_rows(
     result: SelectionResult, rows: Sequence[int], row_frames: pl.DataFrame | None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(QA columns the SFT rows need, score terms) of the selected rows in their order; frame lists
-    from row_frames when the QA table has none."""
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series | None]:
+    """(QA columns the SFT rows need, score terms, row of row_frames per row) of the selected rows
+    in their order; the third is None when the QA table has its own frame lists."""
     idx = pl.Series(np.asarray(rows, dtype=np.int64))
     keys = ["source_file", "line"] if row_frames is not None else []
     columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c == "frames" or c in keys]
     selected = result.qa.select(columns)[idx]
-    if row_frames is not None:
-        at = frame_rows(selected, row_frames)
-        selected = selected.drop(keys).with_columns(row_frames["frames"].gather(at).alias("frames"))
-    return selected, result.scores[idx]
+    if row_frames is None:
+        return selected, result.scores[idx], None
+    return selected.drop(keys), result.scores[idx], frame_rows(selected, row_frames)
 
 
 def build_from_pool(
@@ -552,14 +551,18 @@ def build_from_pool(
 
     def slices(rows: Sequence[int], stages: Sequence[str] | None) -> Iterator[pl.DataFrame]:
         # SFT rows built a slice at a time from the rows gathered once (one gather per column,
-        # as the QA table may be in many chunks): one slice's SFT rows are in memory at once.
-        selected, scores = _selected_rows(result, rows, row_frames)
+        # as the QA table may be in many chunks): one slice's SFT rows, and frame lists (the
+        # bulk of a row, gathered a slice at a time), are in memory at once.
+        selected, scores, at = _selected_rows(result, rows, row_frames)
         for i in range(0, len(rows), OUTPUT_SLICE_ROWS):
             n = min(OUTPUT_SLICE_ROWS, len(rows) - i)
+            part = selected.slice(i, n)
+            if at is not None and row_frames is not None:
+                part = part.with_columns(row_frames["frames"].gather(at.slice(i, n)))
             yield sft_rows(
-                selected.slice(i, n),
+                part,
                 scores.slice(i, n),
-                range(n),
+                None,
                 stages[i : i + n] if stages is not None else None,
                 mode=mode,
             )

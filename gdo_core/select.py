@@ -1369,12 +1369,15 @@ def select_subsets(
 def sft_rows(
     qa: pl.DataFrame,
     scores: pl.DataFrame,
-    rows: Sequence[int],
+    rows: Sequence[int] | None,
     stages: Sequence[str] | None,
     *,
     mode: Mode,
 ) -> pl.DataFrame:
-    """Output rows (one struct column per JSON key) in the published SFT shape; default mode adds stage and terms."""
+    """Output rows (one struct column per JSON key) in the published SFT shape; default mode adds stage and terms.
+
+    rows: the rows of qa and scores to write, in order (None: all of them, as they are).
+    """
     needed = [
         "qa_uid",
         "video_uid",
@@ -1387,8 +1390,9 @@ def sft_rows(
         "bucket",
         "data_source",
     ]
-    idx = pl.Series("row", np.asarray(rows, dtype=np.int64))
-    sub = pl.concat([qa.select(needed)[idx], scores[idx]], how="horizontal")
+    sub = pl.concat([qa.select(needed), scores], how="horizontal")
+    if rows is not None:
+        sub = sub[pl.Series("row", np.asarray(rows, dtype=np.int64))]
     if stages is not None:
         sub = sub.with_columns(pl.Series("stage", list(stages), dtype=pl.String))
     is_video = pl.col("bucket") == BUCKET_VIDEO

@@ -602,6 +602,21 @@ def test_sft_rows_shape():
     assert "naturalness" in default[0]["meta"]["filter_score_detail"]
 
 
+def test_sft_rows_of_given_rows_match_those_rows_taken_first():
+    qa = make_qa(20, 10)
+    result = S.select_subsets(
+        qa, small_profile(min_count=10), options=S.SelectOptions(target_count=12)
+    )
+    rows = result.uni_rows[::-1]  # out of pool order, as the Uni arm is
+    idx = pl.Series(np.asarray(rows, dtype=np.int64))
+    for mode in ("published", "default"):
+        gathered = S.sft_rows(result.qa, result.scores, rows, None, mode=mode)
+        taken = S.sft_rows(result.qa[idx], result.scores[idx], None, None, mode=mode)
+        assert gathered.height == len(rows) > 1
+        assert gathered.equals(taken)
+        assert gathered["qa_uid"].to_list() == result.qa["qa_uid"].gather(idx).to_list()
+
+
 @pytest.mark.parametrize("repeat", [1, 5])
 def test_distinct_answer_tokens_match_python(repeat):
     import re
