@@ -1100,6 +1100,13 @@ def prepare_metrics(metrics: pl.DataFrame, mode: Mode) -> PreparedMetrics:
 
 def _metric_match(qa: pl.DataFrame, prepared: PreparedMetrics) -> np.ndarray:
     """Per QA row: its row among the unique metrics rows, -1 without one."""
+    uids, metric_uids = qa["qa_uid"], prepared.uids["qa_uid"]
+    if (
+        uids.len() == metric_uids.len()
+        and uids.null_count() == 0
+        and uids.equals(metric_uids, check_names=False)
+    ):  # metrics in the pool's order, one row per QA: no join (at 1M QAs ~0.4 s and ~170 MB less)
+        return np.arange(qa.height, dtype=np.int64)
     # An unordered inner join (parallel) scattered back by QA row: at most one match per row.
     pairs = (
         qa.select("qa_uid")

@@ -602,6 +602,27 @@ def test_sft_rows_shape():
     assert "naturalness" in default[0]["meta"]["filter_score_detail"]
 
 
+@pytest.mark.parametrize("order", ["pool", "reversed", "one_missing", "extra", "duplicated"])
+def test_metric_match_finds_each_rows_metrics_row(order):
+    qa = make_qa(20, 10)
+    uids = qa["qa_uid"].to_list()
+    metric_uids = {
+        "pool": uids,
+        "reversed": uids[::-1],
+        "one_missing": uids[:5] + uids[6:],
+        "extra": uids + ["not::in::pool"],
+        "duplicated": uids[:3] + uids,  # the last row of a qa_uid wins
+    }[order]
+    rows = pl.DataFrame({"qa_uid": metric_uids, "vds": np.arange(len(metric_uids), dtype=float)})
+    prepared = S.prepare_metrics(rows, "default")
+    match = S._metric_match(qa, prepared)
+    unique_uids = prepared.uids["qa_uid"].to_list()
+    assert len(unique_uids) == len(set(unique_uids))
+    expected = [unique_uids.index(u) if u in unique_uids else -1 for u in uids]
+    assert match.tolist() == expected
+    assert (match == -1).sum() == (1 if order == "one_missing" else 0)
+
+
 def test_sft_rows_of_given_rows_match_those_rows_taken_first():
     qa = make_qa(20, 10)
     result = S.select_subsets(
