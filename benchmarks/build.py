@@ -250,12 +250,12 @@ class _RssSampler(threading.Thread):
 
 def _child(args: argparse.Namespace) -> None:
     """One build in this process; prints timings, peak RSS and peak RSS per phase as JSON."""
-    if args.low_memory:  # before polars is imported, as `gdo build --low-memory` does
-        from gdo_core.memory import prefer_low_memory
+    # The allocator settings `gdo build` applies, before polars is imported as it does.
+    from gdo_core.memory import prefer_low_memory, prefer_prompt_release
 
-        missed = prefer_low_memory()
-        if missed:  # not a low-memory run: fail rather than record it as one
-            sys.exit(f"--low-memory: not applied to {', '.join(missed)}")
+    missed = prefer_low_memory() if args.low_memory else prefer_prompt_release()
+    if missed:  # not a run as `gdo build` makes it: fail rather than record it
+        sys.exit(f"allocator settings not applied to {', '.join(missed)}")
     from gdo_core.build import build_subsets
 
     folder = Path(args.pool)

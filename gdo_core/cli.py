@@ -310,11 +310,14 @@ def build(
     ] = False,
 ) -> None:
     """Build the GDO 1x subset and the Uni-10x baseline for one goal profile."""
-    if low_memory:  # before polars is imported: it reads its allocator settings then
-        from gdo_core.memory import prefer_low_memory
+    # Before polars is imported: it reads its allocator settings then.
+    from gdo_core.memory import prefer_low_memory, prefer_prompt_release
 
+    if low_memory:
         for part in prefer_low_memory():
             typer.echo(f"gdo: --low-memory: not applied to {part}", err=True)
+    else:  # an optimisation only: where polars is loaded already (in-process calls), skipped
+        prefer_prompt_release()
     from gdo_core.build import build_subsets
 
     with clear_errors():

@@ -1,9 +1,12 @@
-"""Low-memory allocator settings: freed memory goes back to the system promptly (lower peak RSS, a little slower).
+"""Allocator settings for `gdo build`: freed memory goes back to the system sooner (lower peak RSS).
 
-polars' jemalloc keeps freed pages for up to 1.5 s by default (`dirty_decay_ms:500,muzzy_decay_ms:1000`),
-and glibc's malloc, once a large block has been freed, serves later large blocks from heaps that it
-seldom trims. `gdo build --low-memory` and `benchmarks/build.py --low-memory` turn both down; the
-output bytes are the same. README.md ("Memory") gives the measured effect.
+polars' jemalloc keeps freed pages for up to 1.5 s by default (`dirty_decay_ms:500,muzzy_decay_ms:1000`):
+0.5 s as dirty pages, then 1 s as "muzzy" ones, which Linux still counts in the resident set.
+`gdo build` turns the muzzy second off (`prefer_prompt_release`), which cost no measurable time.
+glibc's malloc, once a large block has been freed, serves later large blocks from heaps that it
+seldom trims; `gdo build --low-memory` (`prefer_low_memory`) also shortens the dirty time and fixes
+glibc's mmap threshold, for a lower peak at some cost in time. `benchmarks/build.py` builds the
+same way; the output bytes are the same. README.md ("Memory") gives the measured effect.
 """
 
 from __future__ import annotations
@@ -14,23 +17,33 @@ import sys
 
 # Appended after polars' own defaults, so these win; a user's own _RJEM_MALLOC_CONF comes after them.
 # (polars' jemalloc already purges on a background thread, so background_thread is not needed)
-JEMALLOC_CONF = "dirty_decay_ms:100,muzzy_decay_ms:0"
+JEMALLOC_CONF = "dirty_decay_ms:100,muzzy_decay_ms:0"  # --low-memory
+DEFAULT_JEMALLOC_CONF = "muzzy_decay_ms:0"  # every `gdo build`
 JEMALLOC_ENV = "_RJEM_MALLOC_CONF"  # read by polars when it is imported
 MMAP_THRESHOLD_BYTES = 2**20  # glibc: blocks from 1 MiB up are mapped, and unmapped when freed
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
+def prefer_prompt_release() -> list[str]:
+    """Apply `gdo build`'s default allocator setting to this process; returns the parts that could not apply."""
+    return _jemalloc_conf(DEFAULT_JEMALLOC_CONF)
+
+
 def prefer_low_memory() -> list[str]:
     """Apply the low-memory allocator settings to this process; returns the parts that could not apply."""
-    missed = []
-    if "polars" in sys.modules:
-        missed.append("polars' allocator (polars was imported before the setting)")
-    else:
-        own = os.environ.get(JEMALLOC_ENV)
-        os.environ[JEMALLOC_ENV] = JEMALLOC_CONF + (f",{own}" if own else "")
+    missed = _jemalloc_conf(JEMALLOC_CONF)
     if not _set_mmap_threshold(MMAP_THRESHOLD_BYTES):
         missed.append("malloc's mmap threshold (not glibc)")
     return missed
+
+
+def _jemalloc_conf(conf: str) -> list[str]:
+    """Put conf before a user's own _RJEM_MALLOC_CONF (so theirs wins); missed if polars is loaded."""
+    if "polars" in sys.modules:
+        return ["polars' allocator (polars was imported before the setting)"]
+    own = os.environ.get(JEMALLOC_ENV)
+    os.environ[JEMALLOC_ENV] = conf + (f",{own}" if own else "")
+    return []
 
 
 def _set_mmap_threshold(size: int) -> bool:

@@ -1,4 +1,4 @@
-"""`--low-memory`: the allocator settings reach polars and glibc, and change no output byte."""
+"""`gdo build`'s allocator settings (default and `--low-memory`) reach polars and glibc, and change no output byte."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_pool_cache import _pool  # tests/ is on sys.path under pytest's default import mode
 
-from gdo_core.memory import JEMALLOC_CONF, JEMALLOC_ENV
+from gdo_core.memory import DEFAULT_JEMALLOC_CONF, JEMALLOC_CONF, JEMALLOC_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = platform.libc_ver()[0] == "glibc"
@@ -47,6 +47,21 @@ def test_settings_reach_polars_when_applied_before_it_loads():
     assert "<jemalloc>" not in stderr  # jemalloc warns about settings it does not know
 
 
+def test_the_default_setting_reaches_polars():
+    code = PROBE.replace("prefer_low_memory", "prefer_prompt_release")
+    result, stderr = _python(code)
+    assert result["missed"] == []
+    assert result["conf"].endswith("," + DEFAULT_JEMALLOC_CONF)
+    assert "<jemalloc>" not in stderr
+
+
+def test_the_cli_module_loads_without_polars():
+    """`gdo build` can only set polars' allocator if nothing imported polars before the command ran."""
+    code = "import json, sys\nimport gdo_core.cli\nprint(json.dumps({'polars': 'polars' in sys.modules}))"
+    result, _ = _python(code)
+    assert result == {"polars": False}
+
+
 def test_a_users_own_allocator_settings_come_last():
     result, stderr = _python(PROBE, "narenas:2")
     assert result["conf"].endswith(f",{JEMALLOC_CONF},narenas:2")
@@ -60,10 +75,13 @@ def test_polars_imported_first_is_reported():
 
 
 @needs_glibc
-def test_low_memory_build_writes_the_same_bytes(tmp_path):
+def test_allocator_settings_write_the_same_bytes(tmp_path):
     ov, vv = _pool(tmp_path / "pool")
     outputs = {}
-    for name, extra in (("plain", []), ("low", ["--low-memory"])):
+    # polars' own defaults (a user's setting wins), gdo build's default, and --low-memory
+    polars_defaults = {JEMALLOC_ENV: "dirty_decay_ms:500,muzzy_decay_ms:1000"}
+    runs = (("polars", [], polars_defaults), ("plain", [], {}), ("low", ["--low-memory"], {}))
+    for name, extra, conf in runs:
         out = tmp_path / name
         done = subprocess.run(
             [
@@ -85,7 +103,7 @@ def test_low_memory_build_writes_the_same_bytes(tmp_path):
             capture_output=True,
             text=True,
             cwd=REPO,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            env={**os.environ, "PYTHONHASHSEED": "0", **conf},
             check=False,
         )
         assert done.returncode == 0, done.stderr
@@ -93,4 +111,4 @@ def test_low_memory_build_writes_the_same_bytes(tmp_path):
         outputs[name] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
     assert outputs["plain"].keys() == outputs["low"].keys()
     assert "gdo_1x_32f.jsonl" in outputs["low"]
-    assert outputs["plain"] == outputs["low"]
+    assert outputs["plain"] == outputs["low"] == outputs["polars"]
