@@ -9,12 +9,16 @@ whitespace-collapsed) and switches the selection to the published seeded stream.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
+import hashlib
 import io
 import json
 import math
 import mmap
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +32,7 @@ import polars as pl
 from gdo_core import pool as P
 from gdo_core.candidate_score import METRIC_COLUMNS, Ablations
 from gdo_core.pool import resample_indices
-from gdo_core.pool_cache import cached_read_pool, default_cache_dir
+from gdo_core.pool_cache import KEEP_ENTRIES, cached_read_pool, default_cache_dir
 from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
 from gdo_core.select import (
@@ -282,6 +286,113 @@ def load_metrics(path: Path | str, *, strict: bool = True) -> MetricsTable:
     except (pl.exceptions.PolarsError, MetricsError, ValueError):
         pass
     return _read_metrics_jsonl_rows(raw if raw is not None else path.read_bytes(), where, strict)
+
+
+METRICS_ENTRY_PREFIX = "metrics-"  # entries beside the parsed pools in the cache folder
+# The modules whose code decides what a metrics entry holds (reading, z-statistics, z-terms).
+_METRICS_MODULES = ("build.py", "select.py", "candidate_score.py")
+
+
+@functools.cache
+def _metrics_code_digest() -> str:
+    here = Path(__file__).resolve().parent
+    return hashlib.sha256(b"".join((here / n).read_bytes() for n in _METRICS_MODULES)).hexdigest()
+
+
+def _metrics_key(path: Path, strict: bool, mode: Mode) -> str:
+    """Hex key of a prepared metrics file: the file (path, size, mtime), the options and the code."""
+    stat = path.stat()
+    identity = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, strict, mode]
+    text = json.dumps({"metrics": identity, "code": _metrics_code_digest()})
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _store_metrics(entry: Path, table: MetricsTable) -> None:
+    """Write a metrics entry under a temporary name, rename it into place, keep the newest ones."""
+    root = entry.parent
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
+    try:
+        table.rows.write_parquet(tmp / "rows.parquet", compression="lz4", statistics=False)
+        prepared = table.prepared
+        info: dict[str, Any] = {
+            "format": table.format,
+            "bad_rows": table.bad_rows,
+            "bad_examples": table.bad_examples,
+            "prepared": None,
+        }
+        if prepared is not None:
+            prepared.uids.write_parquet(tmp / "uids.parquet", compression="lz4", statistics=False)
+            np.save(tmp / "vds3.npy", prepared.vds3)
+            np.save(tmp / "quality.npy", prepared.quality)
+            stats = {k: list(v) for k, v in prepared.stats.items()}  # floats round-trip exactly
+            info["prepared"] = {"mode": prepared.mode, "rows": prepared.rows, "stats": stats}
+        (tmp / "info.json").write_text(json.dumps(info))
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    entries = sorted(
+        (p for p in root.glob(f"{METRICS_ENTRY_PREFIX}*") if p.is_dir()),
+        key=lambda p: p.stat().st_mtime_ns,
+        reverse=True,
+    )
+    for old in entries[KEEP_ENTRIES:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_metrics_entry(entry: Path, where: str) -> MetricsTable | None:
+    """A stored metrics entry (None if missing or damaged)."""
+    try:
+        info = json.loads((entry / "info.json").read_text())
+        table = MetricsTable(
+            pl.read_parquet(entry / "rows.parquet"),
+            where,
+            info["format"],
+            info["bad_rows"],
+            info["bad_examples"],
+        )
+        if info["prepared"] is not None:
+            p = info["prepared"]
+            table.prepared = PreparedMetrics(
+                p["mode"],
+                p["rows"],
+                pl.read_parquet(entry / "uids.parquet"),
+                {k: (float(m), float(s)) for k, (m, s) in p["stats"].items()},
+                np.load(entry / "vds3.npy"),
+                np.load(entry / "quality.npy"),
+            )
+    except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
+        return None
+    return table
+
+
+def cached_metrics(
+    path: Path | str, *, strict: bool, mode: Mode, cache_dir: Path | None
+) -> tuple[MetricsTable, str]:
+    """(`load_metrics(path).with_prepared(mode)`, cache status) through the cache in cache_dir.
+
+    A build on an unchanged metrics file reads the rows and their prepared z-terms back from Parquet
+    and NumPy files instead of parsing the file and computing the statistics again. Status is
+    "hit", "miss" (loaded and stored) or "off" (no cache_dir).
+    """
+    path = Path(path)
+    if cache_dir is None or not path.is_file():  # a missing file: load_metrics says so
+        return load_metrics(path, strict=strict).with_prepared(mode), "off"
+    entry = Path(cache_dir) / f"{METRICS_ENTRY_PREFIX}{_metrics_key(path, strict, mode)}"
+    if entry.is_dir():
+        loaded = _load_metrics_entry(entry, str(path))
+        if loaded is not None:
+            os.utime(entry)  # newest use first when old entries are dropped
+            return loaded, "hit"
+    key = entry.name
+    table = load_metrics(path, strict=strict).with_prepared(mode)
+    if f"{METRICS_ENTRY_PREFIX}{_metrics_key(path, strict, mode)}" != key:
+        return table, "off"  # the file changed while it was read: do not store
+    with contextlib.suppress(OSError, pl.exceptions.PolarsError):  # a full cache must not fail the build
+        _store_metrics(entry, table)
+    return table, "miss"
 
 
 def _line_count(raw: bytes | None, path: Path) -> int:
@@ -649,8 +760,9 @@ def build_subsets(
 ) -> BuildResult:
     """`gdo build`: parse the pool files, select GDO 1x and Uni-10x, write JSONL files, report and profile.
 
-    cache: keep the parsed pool in cache_dir (default `pool_cache.default_cache_dir()`), so a later
-    build on the same files skips parsing (`BuildResult.parse_cache` says hit or miss).
+    cache: keep the parsed pool and the prepared metrics in cache_dir (default
+    `pool_cache.default_cache_dir()`), so a later build on the same files skips parsing them
+    (`BuildResult.parse_cache` says hit or miss, for the metrics under "metrics").
 
     Writes gdo_1x_<frames>f.jsonl, uni_10x_<frames>f.jsonl, report.json, profile.json and
     subset_members.parquet into out_dir. compat="published" reproduces the published build step.
@@ -663,13 +775,16 @@ def build_subsets(
     if frames < 1:
         raise BuildError(f"target frames must be >= 1, got {frames}")
     # The metrics file loads (and its pool-free terms are prepared) on a side thread while the
-    # pool is read; a newly parsed pool's answers are tokenised there next (overlapping the
-    # selection, which waits for them at the score), then the pool, with those counts, is stored
-    # in the cache.
+    # pool is read, both through the cache; a newly parsed pool's answers are tokenised there next
+    # (overlapping the selection, which waits for them at the score), then the pool, with those
+    # counts, is stored in the cache.
     side = ThreadPoolExecutor(1)
     mode: Mode = "published" if compat == "published" else "default"
+    folder = _cache_dir(cache, cache_dir)
     pending = (
-        side.submit(lambda: load_metrics(metrics, strict=(compat is None)).with_prepared(mode))
+        side.submit(
+            lambda: cached_metrics(metrics, strict=(compat is None), mode=mode, cache_dir=folder)
+        )
         if metrics is not None
         else None
     )
@@ -678,7 +793,7 @@ def build_subsets(
         cached = cached_read_pool(
             Path(onevision) if onevision is not None else None,
             Path(video) if video is not None else None,
-            cache_dir=_cache_dir(cache, cache_dir),
+            cache_dir=folder,
             defer_store=stores.append,
             target_frames=frames,
             mcq_on_raw=(compat is None),
@@ -698,7 +813,7 @@ def build_subsets(
             )
             for write in stores
         ]
-        metrics_table = pending.result() if pending is not None else None
+        metrics_table, metrics_status = pending.result() if pending is not None else (None, None)
         pool = cached.result
         read_s = time.perf_counter() - t0
         rejects = pool.rejects
@@ -738,7 +853,7 @@ def build_subsets(
             future.result()
     finally:  # a failed build leaves no work queued; a running store finishes
         side.shutdown(wait=True, cancel_futures=True)
-    result.parse_cache = cached.info()
+    result.parse_cache = {**cached.info(), "metrics": metrics_status}
     result.timings = {"read_pool": read_s, **{k: v + read_s for k, v in result.timings.items()}}
     return result
 

@@ -356,7 +356,9 @@ def build(
         f"Uni-10x {report.get('random_target_count')}; unmet constraints: {unmet or 'none'}"
     )
     typer.echo(f"wrote {result.gdo_path}, {result.uni_path}, {result.report_path}")
-    typer.echo(f"parsed-pool cache: {result.parse_cache.get('status', 'off')}", err=True)
+    cache = result.parse_cache
+    metrics_cache = f", metrics: {cache['metrics']}" if cache.get("metrics") else ""
+    typer.echo(f"parsed-pool cache: {cache.get('status', 'off')}{metrics_cache}", err=True)
 
 
 @app.command()

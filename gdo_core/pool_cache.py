@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,6 +35,7 @@ from gdo_core import pool as P
 from gdo_core import schema as S
 
 KEEP_ENTRIES = 4
+_ENTRY_NAME = re.compile(r"[0-9a-f]{32}")  # a pool entry's folder: its key
 STALE_TMP_SECONDS = 24 * 3600
 _PARTS = ("qa", "rejects")  # Parquet files
 _TEXT_FILE, _TEXT_COLUMNS = "text.arrow", ("question", "answer")
@@ -117,8 +119,9 @@ def store(entry: Path, result: P.PoolResult, qa_columns: dict[str, pl.Series] | 
         os.replace(tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # pool entries only: other entries in the folder (a build's metrics) keep their own count
     entries = sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        (p for p in root.iterdir() if p.is_dir() and _ENTRY_NAME.fullmatch(p.name)),
         key=lambda p: p.stat().st_mtime_ns,
         reverse=True,
     )

@@ -170,3 +170,86 @@ def test_stale_temporary_folders_are_removed(tmp_path):
     os.utime(stale, (old, old))
     BLD.build_subsets("temp", ov, vv, tmp_path / "out", cache_dir=cache, progress=False)
     assert not stale.exists() and fresh.exists()
+
+
+def _metrics(folder: Path, ov: Path, vv: Path, bad_line: bool = False) -> Path:
+    """Merged-metrics JSONL for the pool's QAs (one missing, one repeated), optionally a bad line."""
+    uids = C.cached_read_pool(ov, vv, cache_dir=None, target_frames=8).result.qa["qa_uid"].to_list()
+    rng = random.Random(1)
+    lines = [
+        json.dumps({"qa_uid": u, "vds": rng.gauss(0, 1), "quality_score": rng.random()})
+        for u in uids[1:] + uids[:3]
+    ]
+    if bad_line:
+        lines.insert(5, '{"qa_uid": "x", "vds": 0.1')  # not valid JSON
+    path = folder / "metrics.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("compat", [None, "published"])
+def test_prepared_metrics_are_cached_and_give_the_same_files(tmp_path, compat):
+    ov, vv = _pool(tmp_path / "pool")
+    metrics = _metrics(tmp_path, ov, vv, bad_line=(compat == "published"))  # lenient: counted
+    cache = tmp_path / "cache"
+    settings = {"compat": compat, "progress": False, "target_count": 20, "metrics": metrics}
+    runs = {
+        "a": BLD.build_subsets("temp", ov, vv, tmp_path / "a", cache_dir=cache, **settings),
+        "b": BLD.build_subsets("temp", ov, vv, tmp_path / "b", cache_dir=cache, **settings),
+        "c": BLD.build_subsets("temp", ov, vv, tmp_path / "c", cache=False, **settings),
+    }
+    assert [r.parse_cache["metrics"] for r in runs.values()] == ["miss", "hit", "off"]
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(tmp_path / "c")
+    reports = [(tmp_path / x / "report.json").read_text() for x in "abc"]
+    assert reports[0] == reports[1] == reports[2]
+    report = runs["b"].report["metrics"]
+    assert report["bad_rows"] == (1 if compat == "published" else 0)
+    assert report["rows"] == runs["c"].report["metrics"]["rows"] > 100
+    (entry,) = cache.glob(f"{BLD.METRICS_ENTRY_PREFIX}*")
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "info.json",
+        "quality.npy",
+        "rows.parquet",
+        "uids.parquet",
+        "vds3.npy",
+    ]
+
+
+def test_metrics_entry_misses_when_the_file_changes_and_reloads_when_damaged(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    metrics = _metrics(tmp_path, ov, vv)
+    cache = tmp_path / "cache"
+    load = lambda: BLD.cached_metrics(metrics, strict=True, mode="default", cache_dir=cache)
+    first, status = load()
+    assert status == "miss" and load()[1] == "hit"
+    assert load()[0].prepared.vds3.tolist() == first.prepared.vds3.tolist()
+    (entry,) = cache.glob(f"{BLD.METRICS_ENTRY_PREFIX}*")
+    (entry / "info.json").write_text("{broken")
+    assert load()[1] == "miss" and load()[1] == "hit"
+    with open(metrics, "a") as fh:
+        fh.write(json.dumps({"qa_uid": "new::uid", "vds": 0.5}) + "\n")
+    os.utime(metrics, ns=(1, 2))
+    changed, status = load()
+    assert status == "miss" and changed.rows.height == first.rows.height + 1
+    assert BLD.cached_metrics(metrics, strict=True, mode="published", cache_dir=cache)[1] == "miss"
+    with pytest.raises(BLD.MetricsError, match="not found"):
+        BLD.cached_metrics(tmp_path / "none.jsonl", strict=True, mode="default", cache_dir=cache)
+
+
+def test_pool_and_metrics_entries_are_kept_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "KEEP_ENTRIES", 2)
+    monkeypatch.setattr(BLD, "KEEP_ENTRIES", 2)
+    ov, vv = _pool(tmp_path / "pool")
+    metrics = _metrics(tmp_path, ov, vv)
+    cache = tmp_path / "cache"
+    for frames in (1, 2, 3):  # three pool entries, one metrics entry
+        BLD.build_subsets(
+            "temp", ov, vv, tmp_path / "out", cache_dir=cache, metrics=metrics, target_frames=frames
+        )
+    assert len(list(cache.glob(f"{BLD.METRICS_ENTRY_PREFIX}*"))) == 1
+    assert len([p for p in cache.iterdir() if C._ENTRY_NAME.fullmatch(p.name)]) == 2
+    for i in range(3):  # three metrics files, three more metrics entries
+        os.utime(metrics, ns=(i, 10 + i))
+        BLD.cached_metrics(metrics, strict=True, mode="default", cache_dir=cache)
+    assert len(list(cache.glob(f"{BLD.METRICS_ENTRY_PREFIX}*"))) == 2
+    assert len([p for p in cache.iterdir() if C._ENTRY_NAME.fullmatch(p.name)]) == 2
