@@ -17,8 +17,6 @@ import json
 import math
 import mmap
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +30,7 @@ import polars as pl
 from gdo_core import pool as P
 from gdo_core.candidate_score import METRIC_COLUMNS, Ablations
 from gdo_core.pool import resample_indices
-from gdo_core.pool_cache import KEEP_ENTRIES, cached_read_pool, default_cache_dir
+from gdo_core.pool_cache import cached_read_pool, default_cache_dir, keep_newest, writing_entry
 from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
 from gdo_core.select import (
@@ -309,10 +307,7 @@ def _metrics_key(path: Path, strict: bool, mode: Mode) -> str:
 
 def _store_metrics(entry: Path, table: MetricsTable) -> None:
     """Write a metrics entry under a temporary name, rename it into place, keep the newest ones."""
-    root = entry.parent
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
-    try:
+    with writing_entry(entry) as tmp:
         table.rows.write_parquet(tmp / "rows.parquet", compression="lz4", statistics=False)
         prepared = table.prepared
         info: dict[str, Any] = {
@@ -328,18 +323,7 @@ def _store_metrics(entry: Path, table: MetricsTable) -> None:
             stats = {k: list(v) for k, v in prepared.stats.items()}  # floats round-trip exactly
             info["prepared"] = {"mode": prepared.mode, "rows": prepared.rows, "stats": stats}
         (tmp / "info.json").write_text(json.dumps(info))
-        if entry.exists():
-            shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    entries = sorted(
-        (p for p in root.glob(f"{METRICS_ENTRY_PREFIX}*") if p.is_dir()),
-        key=lambda p: p.stat().st_mtime_ns,
-        reverse=True,
-    )
-    for old in entries[KEEP_ENTRIES:]:
-        shutil.rmtree(old, ignore_errors=True)
+    keep_newest(p for p in entry.parent.glob(f"{METRICS_ENTRY_PREFIX}*") if p.is_dir())
 
 
 def _load_metrics_entry(entry: Path, where: str) -> MetricsTable | None:

@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,15 +97,35 @@ def _load(entry: Path) -> P.PoolResult | None:
     return P.PoolResult(qa, rejects, frames)
 
 
+@contextlib.contextmanager
+def writing_entry(entry: Path) -> Iterator[Path]:
+    """A temporary folder beside entry to write into, moved into place as entry (replacing an older
+    one) when the block succeeds and removed either way."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        yield tmp
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def keep_newest(entries: Iterable[Path]) -> None:
+    """Remove all but the `KEEP_ENTRIES` most recently used of the given entry folders."""
+    by_use = sorted(entries, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in by_use[KEEP_ENTRIES:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def store(entry: Path, result: P.PoolResult, qa_columns: dict[str, pl.Series] | None = None) -> None:
     """Write an entry under a temporary name and rename it into place; keep the newest entries.
 
     qa_columns: derived per-QA columns kept with the QA table (e.g. `select.ANSWER_DISTINCT`).
     """
     root = entry.parent
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
-    try:
+    with writing_entry(entry) as tmp:
         frames = result.frames if result.frames is not None else S.empty_frame(P.ROW_FRAMES_SCHEMA)
         qa = result.qa.with_columns(**qa_columns) if qa_columns else result.qa
         text = [c for c in _TEXT_COLUMNS if c in qa.columns]
@@ -114,19 +134,8 @@ def store(entry: Path, result: P.PoolResult, qa_columns: dict[str, pl.Series] | 
         frames.write_ipc(tmp / _FRAMES_FILE, compression="zstd")
         qa.select(text).write_ipc(tmp / _TEXT_FILE, compression="uncompressed")
         (tmp / "columns.json").write_text(json.dumps(qa.columns))
-        if entry.exists():
-            shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     # pool entries only: other entries in the folder (a build's metrics) keep their own count
-    entries = sorted(
-        (p for p in root.iterdir() if p.is_dir() and _ENTRY_NAME.fullmatch(p.name)),
-        key=lambda p: p.stat().st_mtime_ns,
-        reverse=True,
-    )
-    for old in entries[KEEP_ENTRIES:]:
-        shutil.rmtree(old, ignore_errors=True)
+    keep_newest(p for p in root.iterdir() if p.is_dir() and _ENTRY_NAME.fullmatch(p.name))
     # temporary folders of builds that were killed while storing
     stale = time.time() - STALE_TMP_SECONDS
     for tmp_dir in root.glob(".*"):

@@ -237,8 +237,7 @@ def test_metrics_entry_misses_when_the_file_changes_and_reloads_when_damaged(tmp
 
 
 def test_pool_and_metrics_entries_are_kept_apart(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "KEEP_ENTRIES", 2)
-    monkeypatch.setattr(BLD, "KEEP_ENTRIES", 2)
+    monkeypatch.setattr(C, "KEEP_ENTRIES", 2)  # for pool and metrics entries alike
     ov, vv = _pool(tmp_path / "pool")
     metrics = _metrics(tmp_path, ov, vv)
     cache = tmp_path / "cache"
