@@ -9,9 +9,7 @@ whitespace-collapsed) and switches the selection to the published seeded stream.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
-import hashlib
 import io
 import json
 import math
@@ -30,7 +28,13 @@ import polars as pl
 from gdo_core import pool as P
 from gdo_core.candidate_score import METRIC_COLUMNS, Ablations
 from gdo_core.pool import resample_indices
-from gdo_core.pool_cache import cached_read_pool, default_cache_dir, keep_newest, writing_entry
+from gdo_core.pool_cache import (
+    cached_read_pool,
+    default_cache_dir,
+    entry_key,
+    keep_newest,
+    writing_entry,
+)
 from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
 from gdo_core.select import (
@@ -291,18 +295,9 @@ METRICS_ENTRY_PREFIX = "metrics-"  # entries beside the parsed pools in the cach
 _METRICS_MODULES = ("build.py", "select.py", "candidate_score.py")
 
 
-@functools.cache
-def _metrics_code_digest() -> str:
-    here = Path(__file__).resolve().parent
-    return hashlib.sha256(b"".join((here / n).read_bytes() for n in _METRICS_MODULES)).hexdigest()
-
-
 def _metrics_key(path: Path, strict: bool, mode: Mode) -> str:
     """Hex key of a prepared metrics file: the file (path, size, mtime), the options and the code."""
-    stat = path.stat()
-    identity = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, strict, mode]
-    text = json.dumps({"metrics": identity, "code": _metrics_code_digest()})
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return entry_key([("metrics", path)], {"strict": strict, "mode": mode}, _METRICS_MODULES)
 
 
 def _store_metrics(entry: Path, table: MetricsTable) -> None:
@@ -364,15 +359,15 @@ def cached_metrics(
     path = Path(path)
     if cache_dir is None or not path.is_file():  # a missing file: load_metrics says so
         return load_metrics(path, strict=strict).with_prepared(mode), "off"
-    entry = Path(cache_dir) / f"{METRICS_ENTRY_PREFIX}{_metrics_key(path, strict, mode)}"
+    key = _metrics_key(path, strict, mode)
+    entry = Path(cache_dir) / f"{METRICS_ENTRY_PREFIX}{key}"
     if entry.is_dir():
         loaded = _load_metrics_entry(entry, str(path))
         if loaded is not None:
             os.utime(entry)  # newest use first when old entries are dropped
             return loaded, "hit"
-    key = entry.name
     table = load_metrics(path, strict=strict).with_prepared(mode)
-    if f"{METRICS_ENTRY_PREFIX}{_metrics_key(path, strict, mode)}" != key:
+    if _metrics_key(path, strict, mode) != key:
         return table, "off"  # the file changed while it was read: do not store
     with contextlib.suppress(OSError, pl.exceptions.PolarsError):  # a full cache must not fail the build
         _store_metrics(entry, table)

@@ -53,22 +53,32 @@ def default_cache_dir() -> Path:
 
 
 @functools.cache
-def _code_digest() -> str:
+def _code_digest(modules: tuple[str, ...]) -> str:
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in _PARSER_MODULES:
+    for name in modules:
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 
+def entry_key(
+    files: list[tuple[str, Path]], options: dict[str, object], modules: tuple[str, ...]
+) -> str:
+    """Hex key of a cache entry: (kind, file) pairs (path, size, mtime), options and the source of
+    the gdo_core modules that decide what the entry holds."""
+    identity = []
+    for kind, path in files:
+        stat = path.stat()
+        identity.append([kind, str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    text = json.dumps(
+        {"files": identity, "options": options, "code": _code_digest(modules)}, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def cache_key(files: list[P.PoolFile], options: dict[str, object]) -> str:
     """Hex key of a parse: files (path, size, mtime), options and the parser's source."""
-    identity = []
-    for f in files:
-        stat = f.path.stat()
-        identity.append([f.kind, str(f.path.resolve()), stat.st_size, stat.st_mtime_ns])
-    text = json.dumps({"files": identity, "options": options, "code": _code_digest()}, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return entry_key([(f.kind, f.path) for f in files], options, _PARSER_MODULES)
 
 
 @dataclass
