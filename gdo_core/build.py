@@ -402,7 +402,7 @@ def published_view(qa: pl.DataFrame, *, mcq_collapsed: bool = False) -> pl.DataF
     mcq_collapsed: question_form was already tested on the collapsed question (a pool parsed with
     mcq_on_raw=False), so only the data_source side is redone; a table it leaves unchanged is returned as is.
     """
-    source = pl.col("data_source").fill_null("").str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars()
+    source = pl.col("data_source").cast(pl.String).fill_null("").str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars()
     default = pl.col("bucket").replace_strict(PUBLISHED_DEFAULT_SOURCE, default="")
     # data_source and its group once per distinct (data_source, bucket), then joined back
     sources = (
@@ -777,6 +777,7 @@ def build_subsets(
             target_frames=frames,
             mcq_on_raw=(compat is None),
             media_root=Path(media_root) if media_root is not None else None,
+            categorical=True,
         )
         qa = cached.result.qa
         distinct = (

@@ -621,13 +621,15 @@ def read_pool(
     workers: int | None = None,
     fast: bool = True,
     row_frames: bool = False,
+    categorical: bool = False,
 ) -> PoolResult:
     """Parse whole pool files (image pools first, then video pools) into one PoolResult.
 
     fast: read .jsonl[.gz] files with Arrow's JSON reader, rows of other shapes through the exact
     parser (same result); otherwise, or for .json files, every row goes through the exact parser,
     chunk by chunk on `workers` processes. row_frames: frame lists once per line in
-    `PoolResult.frames`, not once per QA (what `gdo build` keeps in memory).
+    `PoolResult.frames`, not once per QA (what `gdo build` keeps in memory). categorical: the
+    `schema.LOW_CARD_COLUMNS` as Categorical (`low_card`; what `gdo build` holds).
     """
     from gdo_core.pool_fast import parse_file_fast  # pool_fast builds on this module
 
@@ -637,7 +639,7 @@ def read_pool(
     with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as threads:
         fast_results = list(
             threads.map(
-                lambda f: parse_file_fast(f, options, row_frames=row_frames)
+                lambda f: parse_file_fast(f, options, row_frames=row_frames, categorical=categorical)
                 if fast
                 else None,
                 files,
@@ -649,9 +651,9 @@ def read_pool(
             result = _read_exact([pool], options, chunk_lines, _auto_workers([pool], workers))
             if row_frames:
                 result = split_row_frames(result)
-        qa.append(result.qa)
+        qa.append(low_card(result.qa) if categorical else result.qa)
         rejects.append(result.rejects)
-        frames.append(result.frames)
+        frames.append(low_card(result.frames) if categorical and row_frames else result.frames)
     # Arrow's allocator keeps the pages the reader freed for reuse: about 130 MB at 230k QAs.
     pa.default_memory_pool().release_unused()
     return PoolResult(
@@ -659,6 +661,12 @@ def read_pool(
         pl.concat(rejects) if rejects else S.empty_frame(S.REJECT_SCHEMA),
         few_chunks(pl.concat(frames)) if row_frames and frames else None,
     )
+
+
+def low_card(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame with its `schema.LOW_CARD_COLUMNS` cast to Categorical (same values, less memory)."""
+    cast = [c for c in S.LOW_CARD_COLUMNS if c in frame.columns and frame.schema[c] != pl.Categorical]
+    return frame.with_columns(pl.col(c).cast(pl.Categorical) for c in cast) if cast else frame
 
 
 MAX_CHUNKS = 4

@@ -46,6 +46,7 @@ from gdo_core.pool import (
     _open_binary,
     _rank_within_runs,
     _resolve,
+    low_card,
     parse_records,
     qa_frame,
     split_row_frames,
@@ -436,9 +437,13 @@ def _pairs_of_batch(
 
 
 def _parse_blocks(
-    path: Path, pool: PoolFile, options: ParseOptions, row_frames: bool
+    path: Path, pool: PoolFile, options: ParseOptions, row_frames: bool, categorical: bool
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], list[tuple[int, bytes]]]:
-    """(QA parts, reject parts, row-frame parts, (line number, bytes) for the exact path) of the file."""
+    """(QA parts, reject parts, row-frame parts, (line number, bytes) for the exact path) of the file.
+
+    categorical: each block's parts get `pool.low_card` columns (held as they are built).
+    """
+    compact = low_card if categorical else (lambda frame: frame)
     qa_parts: list[pl.DataFrame] = []
     reject_parts: list[pl.DataFrame] = []
     frame_parts: list[pl.DataFrame] = []
@@ -461,11 +466,11 @@ def _parse_blocks(
                 kept = fast.select(
                     source_file=pl.lit(str(path), dtype=pl.String), line="line", frames="frames"
                 )
-                frame_parts.append(_resolved(kept, options.media_root))
+                frame_parts.append(compact(_resolved(kept, options.media_root)))
             else:
                 pairs = _resolved(pairs, options.media_root)
             qa, empty = qa_frame(pairs, pool.kind, str(path), options.mcq_on_raw)
-            qa_parts.append(qa)
+            qa_parts.append(compact(qa))
             reject_parts.append(empty)
         slow.extend(
             (n, bytes(block[starts[n - first] : ends[n - first] + 1]))
@@ -490,24 +495,30 @@ def _parse_blocks(
 
 
 def parse_file_fast(
-    pool: PoolFile, options: ParseOptions | None = None, *, row_frames: bool = False
+    pool: PoolFile,
+    options: ParseOptions | None = None,
+    *,
+    row_frames: bool = False,
+    categorical: bool = False,
 ) -> PoolResult | None:
     """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
 
-    row_frames: see `pool.read_pool`.
+    row_frames, categorical: see `pool.read_pool` (categorical: here for the fast path's rows only).
     """
     options = options or ParseOptions()
     path = Path(pool.path)
     if _is_json_array_file(path):
         return None
-    qa_parts, reject_parts, frame_parts, slow = _parse_blocks(path, pool, options, row_frames)
+    qa_parts, reject_parts, frame_parts, slow = _parse_blocks(
+        path, pool, options, row_frames, categorical
+    )
     if slow:
         slow.sort()
         exact = parse_records(slow, pool, options)
         if row_frames:
             exact = split_row_frames(exact)
-            frame_parts.append(exact.frames)
-        qa_parts.append(exact.qa)
+            frame_parts.append(low_card(exact.frames) if categorical else exact.frames)
+        qa_parts.append(low_card(exact.qa) if categorical else exact.qa)
         reject_parts.append(exact.rejects)
     empty_qa = S.empty_frame(S.QA_SCHEMA)
     qa = pl.concat(qa_parts) if qa_parts else (empty_qa.drop("frames") if row_frames else empty_qa)
@@ -519,6 +530,8 @@ def parse_file_fast(
         frames = frames.join(
             qa.select("line").unique(), on="line", how="semi", maintain_order="left"
         )
+    if categorical:  # blocks are converted as they come; the empty and exact-path parts here
+        qa, frames = low_card(qa), (low_card(frames) if frames is not None else None)
     if slow:
         qa = qa.sort("line", maintain_order=True)
         frames = frames.sort("line", maintain_order=True) if frames is not None else None

@@ -43,6 +43,21 @@ QA_SCHEMA: dict[str, pl.DataType] = {
     "line": pl.Int64(),
 }
 
+# QA columns with few distinct values: `pool.read_pool(categorical=True)` holds them as
+# Categorical (4 bytes a row instead of a 16-byte string view, plus the long strings' bytes).
+LOW_CARD_COLUMNS = (
+    "data_source",
+    "source_group",
+    "bucket",
+    "duration_bucket",
+    "temporal_category",
+    "question_form",
+    "q_len_bucket",
+    "a_len_bucket",
+    "stratum",
+    "source_file",
+)
+
 # One row per input line or turn that yielded no QA (`rejects` table).
 REJECT_SCHEMA: dict[str, pl.DataType] = {
     "source_file": pl.String(),

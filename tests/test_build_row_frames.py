@@ -18,7 +18,8 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "publish
 @pytest.mark.parametrize("compat", [None, "published"])
 @pytest.mark.parametrize("slice_rows", [7, 10**9])
 def test_row_frames_build_writes_the_same_files(tmp_path, monkeypatch, compat, slice_rows):
-    """Lean (frames per line, written slice_rows rows at a time) and full builds write the same bytes."""
+    """Lean (frames per line, low-card columns Categorical, written slice_rows rows at a time) and
+    full builds (a String table from read_pool) write the same bytes."""
     ov, vv, metrics = (
         FIXTURE / f for f in ("onevision.jsonl.gz", "video.jsonl.gz", "metrics.jsonl.gz")
     )

@@ -278,6 +278,28 @@ def test_a_pool_read_in_many_blocks_comes_back_in_one_chunk(tmp_path, monkeypatc
     assert small.qa.equals(whole.qa) and small.frames.equals(whole.frames)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_categorical_read_holds_the_same_values(tmp_path, monkeypatch, fast):
+    """read_pool(categorical=True): the low-card columns as Categorical, every value unchanged
+    (fast blocks, exact-path rows and an empty file alike)."""
+    from gdo_core.schema import LOW_CARD_COLUMNS
+
+    monkeypatch.setattr(F, "BLOCK_BYTES", 512)  # several blocks, each converted as it comes
+    rng = random.Random(11)
+    ov = _write(tmp_path / "ov.jsonl", _lines(COMMON * 3 + ODD, rng, RAW_ODD))
+    vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 20) + ODD[:4], rng, RAW_ODD[:3]))
+    empty = _write(tmp_path / "empty.jsonl", [])
+    for video in (vv, empty):
+        plain = P.read_pool(ov, video, fast=fast, workers=1, row_frames=True)
+        cat = P.read_pool(ov, video, fast=fast, workers=1, row_frames=True, categorical=True)
+        for table, before in ((cat.qa, plain.qa), (cat.frames, plain.frames)):
+            low = [c for c in LOW_CARD_COLUMNS if c in table.columns]
+            assert low and all(table.schema[c] == pl.Categorical for c in low)
+            assert table.with_columns(pl.col(low).cast(pl.String)).equals(before)
+        assert cat.rejects.equals(plain.rejects)
+    assert P.low_card(cat.qa) is cat.qa  # already converted: nothing to do
+
+
 def test_few_chunks_copies_only_a_table_in_many_chunks():
     parts = [pl.DataFrame({"a": [i, i + 1], "b": [str(i), None]}) for i in range(P.MAX_CHUNKS + 1)]
     many = pl.concat(parts)
