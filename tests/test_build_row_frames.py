@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -37,6 +38,7 @@ def test_row_frames_build_writes_the_same_files(tmp_path, monkeypatch, compat, s
     pool = read_pool(ov, vv, mcq_on_raw=(compat is None), target_frames=8)
     assert "frames" in pool.qa.columns
     monkeypatch.setattr(BLD, "OUTPUT_SLICE_ROWS", 10**9)
+    monkeypatch.setattr(BLD, "OUTPUT_SLICES", 1)  # each file in one slice
     full = BLD.build_from_pool(
         pool.qa,
         "temp",
@@ -89,3 +91,29 @@ def test_a_failed_write_leaves_no_file(tmp_path):
     )
     assert (tmp_path / "ok.jsonl").read_text() == '{"a":1}\n{"a":2}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["ok.jsonl"]
+
+
+def test_gather_chunked_equals_gather_across_chunks_nulls_and_repeats():
+    rng = np.random.default_rng(1)
+    parts = [
+        pl.Series("frames", [[f"{c}-{i}"] * (i % 3) for i in range(n)])
+        for c, n in enumerate([5, 7, 3])
+    ]
+    column = pl.concat(parts, rechunk=False)
+    assert column.n_chunks() == 3
+    for _ in range(100):
+        picks = rng.integers(0, column.len(), int(rng.integers(0, 30))).tolist()
+        rows = pl.Series([None if rng.random() < 0.2 else r for r in picks], dtype=pl.Int64)
+        taken = BLD.gather_chunked(column, rows)
+        assert taken.equals(column.gather(rows)) and taken.name == "frames"
+    one = column.rechunk()
+    rows = pl.Series([4, 0, None, 4])
+    assert BLD.gather_chunked(one, rows).equals(one.gather(rows))
+
+
+def test_slice_rows_splits_a_file_into_bounded_slices(monkeypatch):
+    assert BLD.slice_rows(41_400) == 5_175  # 230k QAs' Uni file: 8 slices
+    assert BLD.slice_rows(160_000) == BLD.OUTPUT_SLICE_ROWS  # a million QAs': 16,384 rows
+    assert BLD.slice_rows(100) == BLD.MIN_OUTPUT_SLICE_ROWS
+    monkeypatch.setattr(BLD, "OUTPUT_SLICE_ROWS", 7)
+    assert BLD.slice_rows(10**6) == BLD.slice_rows(3) == 7
