@@ -94,23 +94,43 @@ class BuildError(ValueError):
 class MetricsTable:
     """Metrics rows in file order (duplicates kept: the published stats count every row)."""
 
-    rows: pl.DataFrame  # qa_uid + METRIC_COLUMNS (Float64, null = missing)
+    rows: pl.DataFrame | None  # qa_uid + METRIC_COLUMNS (Float64, null = missing); None: `prepared_only`
     path: str
     format: str
     bad_rows: int = 0
     bad_examples: list[str] = field(default_factory=list)
     prepared: PreparedMetrics | None = None  # `with_prepared`: the pool-free part of the metric terms
 
+    @property
+    def row_count(self) -> int:
+        """Rows of the metrics file that were read (bad rows not counted)."""
+        if self.rows is not None:
+            return self.rows.height
+        assert self.prepared is not None  # `prepared_only` keeps the rows of an unprepared table
+        return self.prepared.rows
+
     def with_prepared(self, mode: Mode) -> MetricsTable:
         """The table with its metric terms prepared for a selection mode (`select.prepare_metrics`)."""
         if self.prepared is None or self.prepared.mode != mode:
-            self.prepared = prepare_metrics(self.rows, mode) if self.rows.height else None
+            self.prepared = prepare_metrics(self._rows(), mode) if self.row_count else None
+        return self
+
+    def prepared_only(self) -> MetricsTable:
+        """The table without its rows once its terms are prepared (all a build's selection reads)."""
+        if self.prepared is not None:
+            self.rows = None
         return self
 
     def for_selection(self, mode: Mode) -> pl.DataFrame | PreparedMetrics:
         """What `select_subsets` takes: the prepared terms when they fit the mode, else the rows."""
         if self.prepared is not None and self.prepared.mode == mode:
             return self.prepared
+        return self._rows()
+
+    def _rows(self) -> pl.DataFrame:
+        if self.rows is None:
+            mode = self.prepared.mode if self.prepared is not None else None
+            raise ValueError(f"{self.path}: only the terms prepared for mode {mode!r} were kept")
         return self.rows
 
     def info(self) -> dict[str, Any]:
@@ -118,7 +138,7 @@ class MetricsTable:
         return {
             "path": self.path,
             "format": self.format,
-            "rows": self.rows.height,
+            "rows": self.row_count,
             "bad_rows": self.bad_rows,
             "bad_examples": self.bad_examples,
         }
@@ -309,8 +329,9 @@ def _metrics_key(path: Path, strict: bool, mode: Mode) -> str:
 def _store_metrics(entry: Path, table: MetricsTable) -> None:
     """Write a metrics entry under a temporary name, rename it into place, keep the newest ones."""
     with writing_entry(entry) as tmp:
-        table.rows.write_parquet(tmp / "rows.parquet", compression="lz4", statistics=False)
         prepared = table.prepared
+        if prepared is None:  # (no rows, or not prepared): the rows themselves
+            table._rows().write_parquet(tmp / "rows.parquet", compression="lz4", statistics=False)
         info: dict[str, Any] = {
             "format": table.format,
             "bad_rows": table.bad_rows,
@@ -328,11 +349,11 @@ def _store_metrics(entry: Path, table: MetricsTable) -> None:
 
 
 def _load_metrics_entry(entry: Path, where: str) -> MetricsTable | None:
-    """A stored metrics entry (None if missing or damaged)."""
+    """A stored metrics entry (None if missing or damaged): prepared terms only, or else the rows."""
     try:
         info = json.loads((entry / "info.json").read_text())
         table = MetricsTable(
-            pl.read_parquet(entry / "rows.parquet"),
+            None if info["prepared"] is not None else pl.read_parquet(entry / "rows.parquet"),
             where,
             info["format"],
             info["bad_rows"],
@@ -356,15 +377,17 @@ def _load_metrics_entry(entry: Path, where: str) -> MetricsTable | None:
 def cached_metrics(
     path: Path | str, *, strict: bool, mode: Mode, cache_dir: Path | None
 ) -> tuple[MetricsTable, str]:
-    """(`load_metrics(path).with_prepared(mode)`, cache status) through the cache in cache_dir.
+    """(`load_metrics(path).with_prepared(mode).prepared_only()`, cache status) through the cache
+    in cache_dir.
 
-    A build on an unchanged metrics file reads the rows and their prepared z-terms back from Parquet
-    and NumPy files instead of parsing the file and computing the statistics again. Status is
-    "hit", "miss" (loaded and stored) or "off" (no cache_dir).
+    A build on an unchanged metrics file reads the prepared z-terms back from Parquet and NumPy
+    files instead of parsing the file and computing the statistics again. Status is "hit", "miss"
+    (loaded and stored) or "off" (no cache_dir). The rows themselves are kept only when there is
+    nothing prepared (an empty file): a million rows hold about 70 MB that no selection reads.
     """
     path = Path(path)
     if cache_dir is None or not path.is_file():  # a missing file: load_metrics says so
-        return load_metrics(path, strict=strict).with_prepared(mode), "off"
+        return load_metrics(path, strict=strict).with_prepared(mode).prepared_only(), "off"
     key = _metrics_key(path, strict, mode)
     entry = Path(cache_dir) / f"{METRICS_ENTRY_PREFIX}{key}"
     if entry.is_dir():
@@ -372,7 +395,7 @@ def cached_metrics(
         if loaded is not None:
             os.utime(entry)  # newest use first when old entries are dropped
             return loaded, "hit"
-    table = load_metrics(path, strict=strict).with_prepared(mode)
+    table = load_metrics(path, strict=strict).with_prepared(mode).prepared_only()
     if _metrics_key(path, strict, mode) != key:
         return table, "off"  # the file changed while it was read: do not store
     with contextlib.suppress(OSError, pl.exceptions.PolarsError):  # a full cache must not fail the build

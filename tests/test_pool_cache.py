@@ -206,10 +206,9 @@ def test_prepared_metrics_are_cached_and_give_the_same_files(tmp_path, compat):
     assert report["bad_rows"] == (1 if compat == "published" else 0)
     assert report["rows"] == runs["c"].report["metrics"]["rows"] > 100
     (entry,) = cache.glob(f"{BLD.METRICS_ENTRY_PREFIX}*")
-    assert sorted(p.name for p in entry.iterdir()) == [
+    assert sorted(p.name for p in entry.iterdir()) == [  # prepared terms, not the rows
         "info.json",
         "quality.npy",
-        "rows.parquet",
         "uids.parquet",
         "vds3.npy",
     ]
@@ -230,7 +229,7 @@ def test_metrics_entry_misses_when_the_file_changes_and_reloads_when_damaged(tmp
         fh.write(json.dumps({"qa_uid": "new::uid", "vds": 0.5}) + "\n")
     os.utime(metrics, ns=(1, 2))
     changed, status = load()
-    assert status == "miss" and changed.rows.height == first.rows.height + 1
+    assert status == "miss" and changed.row_count == first.row_count + 1
     assert BLD.cached_metrics(metrics, strict=True, mode="published", cache_dir=cache)[1] == "miss"
     with pytest.raises(BLD.MetricsError, match="not found"):
         BLD.cached_metrics(tmp_path / "none.jsonl", strict=True, mode="default", cache_dir=cache)
@@ -252,3 +251,18 @@ def test_pool_and_metrics_entries_are_kept_apart(tmp_path, monkeypatch):
         BLD.cached_metrics(metrics, strict=True, mode="default", cache_dir=cache)
     assert len(list(cache.glob(f"{BLD.METRICS_ENTRY_PREFIX}*"))) == 2
     assert len([p for p in cache.iterdir() if C._ENTRY_NAME.fullmatch(p.name)]) == 2
+
+
+def test_a_build_keeps_only_the_prepared_metrics(tmp_path):
+    """cached_metrics drops the rows once the terms are prepared; asking for another mode then says so."""
+    ov, vv = _pool(tmp_path)
+    metrics = _metrics(tmp_path, ov, vv)
+    full = BLD.load_metrics(metrics, strict=True)
+    for cache in (None, tmp_path / "cache", tmp_path / "cache"):  # off, miss, hit
+        table, status = BLD.cached_metrics(metrics, strict=True, mode="default", cache_dir=cache)
+        assert table.rows is None and table.row_count == full.row_count > 0
+        assert table.info()["rows"] == full.rows.height
+        assert table.for_selection("default") is table.prepared
+        with pytest.raises(ValueError, match="only the terms prepared for mode 'default'"):
+            table.for_selection("published")
+    assert status == "hit"
