@@ -29,6 +29,7 @@ from gdo_core import pool as P
 from gdo_core.candidate_score import METRIC_COLUMNS, Ablations
 from gdo_core.pool import resample_indices
 from gdo_core.pool_cache import (
+    StoredTexts,
     cached_read_pool,
     default_cache_dir,
     entry_key,
@@ -36,7 +37,13 @@ from gdo_core.pool_cache import (
     writing_entry,
 )
 from gdo_core.profiles import GoalProfile, load_profile
-from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, SUBSET_MEMBER_SCHEMA
+from gdo_core.schema import (
+    BUCKET_IMAGE,
+    BUCKET_VIDEO,
+    STRATUM_FIELDS,
+    SUBSET_MEMBER_SCHEMA,
+    TEXT_CODE,
+)
 from gdo_core.select import (
     ANSWER_DISTINCT,
     ExcludeMode,
@@ -49,6 +56,7 @@ from gdo_core.select import (
     prepare_metrics,
     select_subsets,
     sft_rows,
+    text_codes,
 )
 from gdo_core.strata import MCQ, MCQ_PATTERN, OPEN, WS_RUN_PATTERN, source_group_expr
 
@@ -94,7 +102,8 @@ class BuildError(ValueError):
 class MetricsTable:
     """Metrics rows in file order (duplicates kept: the published stats count every row)."""
 
-    rows: pl.DataFrame | None  # qa_uid + METRIC_COLUMNS (Float64, null = missing); None: `prepared_only`
+    # qa_uid + METRIC_COLUMNS (Float64, null = missing); None once dropped (`prepared_only`)
+    rows: pl.DataFrame | None
     path: str
     format: str
     bad_rows: int = 0
@@ -431,7 +440,13 @@ def published_view(qa: pl.DataFrame, *, mcq_collapsed: bool = False) -> pl.DataF
     mcq_collapsed: question_form was already tested on the collapsed question (a pool parsed with
     mcq_on_raw=False), so only the data_source side is redone; a table it leaves unchanged is returned as is.
     """
-    source = pl.col("data_source").cast(pl.String).fill_null("").str.replace_all(WS_RUN_PATTERN, " ").str.strip_chars()
+    source = (
+        pl.col("data_source")
+        .cast(pl.String)  # (Categorical in a `gdo build` table)
+        .fill_null("")
+        .str.replace_all(WS_RUN_PATTERN, " ")
+        .str.strip_chars()
+    )
     default = pl.col("bucket").replace_strict(PUBLISHED_DEFAULT_SOURCE, default="")
     # data_source and its group once per distinct (data_source, bucket), then joined back
     sources = (
@@ -593,14 +608,20 @@ def gather_chunked(column: pl.Series, rows: pl.Series) -> pl.Series:
 
 
 def _selected_rows(
-    result: SelectionResult, rows: Sequence[int], row_frames: pl.DataFrame | None
+    result: SelectionResult,
+    rows: Sequence[int],
+    row_frames: pl.DataFrame | None,
+    texts: Callable[[np.ndarray], pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series | None]:
     """(QA columns the SFT rows need, score terms, row of row_frames per row) of the selected rows
-    in their order; the third is None when the QA table has its own frame lists."""
+    in their order; the third is None when the QA table has its own frame lists. texts: question
+    and answer of given rows, when the QA table has none."""
     idx = pl.Series(np.asarray(rows, dtype=np.int64))
     keys = ["source_file", "line"] if row_frames is not None else []
     columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c == "frames" or c in keys]
     selected = result.qa.select(columns)[idx]
+    if "question" not in selected.columns and texts is not None:
+        selected = pl.concat([selected, texts(idx.to_numpy())], how="horizontal")
     if row_frames is None:
         return selected, result.scores[idx], None
     return selected.drop(keys), result.scores[idx], frame_rows(selected, row_frames)
@@ -627,6 +648,7 @@ def build_from_pool(
     row_frames: pl.DataFrame | None = None,
     mcq_collapsed: bool = False,
     answer_distinct: Future | None = None,
+    texts: StoredTexts | None = None,
 ) -> BuildResult:
     """Select and write both subsets from an already parsed QA table (QA_SCHEMA, scan order).
 
@@ -634,6 +656,9 @@ def build_from_pool(
     (`read_pool(row_frames=True)`); only the selected rows get theirs. mcq_collapsed: the table's
     MCQ test ran on the collapsed question (parsed with mcq_on_raw=False), as compat mode wants.
     answer_distinct: `select.answer_distinct_tokens(qa)` being computed on another thread.
+    texts: question and answer of `qa`'s rows when `qa` has none (a cache hit that left them on
+    disk; `qa` then has `schema.TEXT_CODE`): only the rows written out are read, unless an
+    exclusion list or the MCQ test needs them all.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -657,13 +682,16 @@ def build_from_pool(
     if isinstance(metrics, (str, Path)):
         metrics = load_metrics(metrics, strict=(mode == "default"))
     timings["metrics"] = time.perf_counter() - t0
-    if mode == "published":
-        qa = published_view(qa, mcq_collapsed=mcq_collapsed)
     exclusion = (
         load_exclusion_reference(list(exclude_reference), exclude_mode)
         if exclude_reference
         else None
     )
+    needs_texts = exclusion is not None or (mode == "published" and not mcq_collapsed)
+    if texts is not None and "question" not in qa.columns and needs_texts:
+        qa, texts = pl.concat([qa, texts.read()], how="horizontal"), None
+    if mode == "published":
+        qa = published_view(qa, mcq_collapsed=mcq_collapsed)
 
     bar = None
     if progress:
@@ -696,13 +724,22 @@ def build_from_pool(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gdo_name, uni_name = output_names(frames)
+    texts_of = None
+    if texts is not None and "question" not in result.qa.columns:
+        # the texts of both arms' rows, read in one pass over the text file
+        written = np.unique(np.concatenate([result.gdo.rows, result.uni_rows]).astype(np.int64))
+        taken = texts.take(written)
+
+        def texts_of(rows: np.ndarray) -> pl.DataFrame:
+            return taken[pl.Series(np.searchsorted(written, rows))]
+
     members_path = out / "subset_members.parquet"
 
     def slices(rows: Sequence[int], stages: Sequence[str] | None) -> Iterator[pl.DataFrame]:
         # SFT rows built a slice at a time from the rows gathered once (one gather per column,
         # as the QA table may be in many chunks): one slice's SFT rows, and frame lists (the
         # bulk of a row, gathered a slice at a time), are in memory at once.
-        selected, scores, at = _selected_rows(result, rows, row_frames)
+        selected, scores, at = _selected_rows(result, rows, row_frames, texts_of)
         size = slice_rows(len(rows))
         for i in range(0, len(rows), size):
             n = min(size, len(rows) - i)
@@ -816,7 +853,8 @@ def build_subsets(
     # The metrics file loads (and its pool-free terms are prepared) on a side thread while the
     # pool is read, both through the cache; a newly parsed pool's answers are tokenised there next
     # (overlapping the selection, which waits for them at the score), then the pool, with those
-    # counts, is stored in the cache.
+    # counts and its text codes, is stored in the cache. A cache hit leaves the texts on disk: only
+    # the rows written out are read back.
     side = ThreadPoolExecutor(1)
     mode: Mode = "published" if compat == "published" else "default"
     folder = _cache_dir(cache, cache_dir)
@@ -838,21 +876,21 @@ def build_subsets(
             mcq_on_raw=(compat is None),
             media_root=Path(media_root) if media_root is not None else None,
             categorical=True,
+            texts_on_disk=True,
         )
         qa = cached.result.qa
         distinct = (
             side.submit(answer_distinct_tokens, qa) if ANSWER_DISTINCT not in qa.columns else None
         )
-        stored = [
-            side.submit(
-                lambda write=write: write(
-                    {ANSWER_DISTINCT: pl.Series(distinct.result(), dtype=pl.Int32)}
-                    if distinct is not None
-                    else None
-                )
-            )
-            for write in stores
-        ]
+
+        def derived() -> dict[str, pl.Series]:
+            """The columns a stored entry keeps besides the parsed ones."""
+            columns = {TEXT_CODE: pl.Series(text_codes(qa), dtype=pl.Int64)}
+            if distinct is not None:
+                columns[ANSWER_DISTINCT] = pl.Series(distinct.result(), dtype=pl.Int32)
+            return columns
+
+        stored = [side.submit(lambda write=write: write(derived())) for write in stores]
         metrics_table, metrics_status = pending.result() if pending is not None else (None, None)
         pool = cached.result
         read_s = time.perf_counter() - t0
@@ -888,6 +926,7 @@ def build_subsets(
             row_frames=pool.frames,
             mcq_collapsed=(compat is not None),  # the pool was parsed with mcq_on_raw=(compat is None)
             answer_distinct=distinct,
+            texts=cached.texts,
         )
         for future in stored:
             future.result()

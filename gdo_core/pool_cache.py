@@ -9,7 +9,11 @@ the newest `KEEP_ENTRIES` are kept.
 
 Question and answer texts are stored uncompressed in their own Arrow IPC file: compressing or
 Parquet-encoding them is most of the cost of a store (about 1 CPU-s per million QAs with lz4
-Parquet) for roughly 140 MB less on disk. The per-line frame lists are a zstd Arrow IPC file:
+Parquet) for roughly 140 MB less on disk. The file is written in record batches of `TEXT_BATCH_ROWS`
+rows, so a build can leave the texts on disk (`cached_read_pool(texts_on_disk=True)`) and read
+back the rows it writes out (`StoredTexts.take`), one batch in memory at a time; the selection
+then tells (question, answer) pairs apart by the `schema.TEXT_CODE` column stored with the table.
+The per-line frame lists are a zstd Arrow IPC file:
 per million QAs, Parquet's writer holds about 180 MB more while it writes them and its file is
 about 3x larger; reading them back costs about 0.05 s more. Every other column is lz4 Parquet.
 """
@@ -29,7 +33,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+from pyarrow import ipc
 
 from gdo_core import pool as P
 from gdo_core import schema as S
@@ -39,9 +46,19 @@ _ENTRY_NAME = re.compile(r"[0-9a-f]{32}")  # a pool entry's folder: its key
 STALE_TMP_SECONDS = 24 * 3600
 _PARTS = ("qa", "rejects")  # Parquet files
 _TEXT_FILE, _TEXT_COLUMNS = "text.arrow", ("question", "answer")
+# rows per record batch of the text file (`StoredTexts.take` reads one at a time)
+TEXT_BATCH_ROWS = 65_536
 _FRAMES_FILE = "frames.arrow"
-# candidate_score.py: the answer tokeniser whose counts an entry keeps
-_PARSER_MODULES = ("pool.py", "pool_fast.py", "strata.py", "schema.py", "pool_cache.py", "candidate_score.py")
+# candidate_score.py: the answer tokeniser whose counts an entry keeps; select.py: the text codes
+_PARSER_MODULES = (
+    "pool.py",
+    "pool_fast.py",
+    "strata.py",
+    "schema.py",
+    "pool_cache.py",
+    "candidate_score.py",
+    "select.py",
+)
 
 
 def default_cache_dir() -> Path:
@@ -81,30 +98,97 @@ def cache_key(files: list[P.PoolFile], options: dict[str, object]) -> str:
     return entry_key([(f.kind, f.path) for f in files], options, _PARSER_MODULES)
 
 
+@dataclass(frozen=True)
+class StoredTexts:
+    """The question and answer of each QA row of a cache entry, left in its text file."""
+
+    path: Path
+    rows: int
+
+    def read(self) -> pl.DataFrame:
+        """Every row."""
+        return pl.read_ipc(self.path)
+
+    def take(self, rows: np.ndarray) -> pl.DataFrame:
+        """The given rows (repeats allowed) in the given order, read one record batch at a time.
+
+        Only the taken strings are kept (Arrow's take copies them out of the batch).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return pl.DataFrame(schema={c: pl.String() for c in _TEXT_COLUMNS})
+        if rows.min() < 0 or rows.max() >= self.rows:
+            raise IndexError(f"{self.path}: rows outside 0..{self.rows - 1}")
+        unique, inverse = np.unique(rows, return_inverse=True)
+        batch_of = unique // TEXT_BATCH_ROWS
+        memory = pa.default_memory_pool()
+        # read, not mapped (a mapped page counts as resident), a batch's pages handed back after it
+        with pa.OSFile(str(self.path), memory_pool=memory) as source:
+            reader = ipc.open_file(source, memory_pool=memory)
+            parts = []
+            for b in np.unique(batch_of).tolist():
+                lo, hi = np.searchsorted(batch_of, [b, b + 1])
+                local = np.ascontiguousarray(unique[lo:hi] - b * TEXT_BATCH_ROWS)
+                # (from the buffer: pa.array of a NumPy array imports pandas, about 0.3 s)
+                at = pa.Array.from_buffers(pa.int64(), local.size, [None, pa.py_buffer(local)])
+                parts.append(reader.get_batch(b).take(at))
+                memory.release_unused()
+        taken = pl.from_arrow(pa.Table.from_batches(parts))
+        assert isinstance(taken, pl.DataFrame)
+        return taken[pl.Series(inverse.reshape(-1))]
+
+
+def _write_texts(frame: pl.DataFrame, path: Path) -> None:
+    """frame's string columns as an uncompressed Arrow file in batches of TEXT_BATCH_ROWS rows
+    (plain large strings, which Arrow's take copies out of a batch)."""
+    table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=TEXT_BATCH_ROWS)
+
+
+def _stored_texts(path: Path, rows: int) -> StoredTexts:
+    """The entry's text file, checked against its footer (ValueError if it does not fit)."""
+    with pa.OSFile(str(path)) as source:
+        reader = ipc.open_file(source)
+        names, batches = reader.schema.names, reader.num_record_batches
+    if tuple(names) != _TEXT_COLUMNS or batches != -(-rows // TEXT_BATCH_ROWS):
+        raise ValueError(
+            f"{path}: not {rows} rows of {_TEXT_COLUMNS} in batches of {TEXT_BATCH_ROWS}"
+        )
+    return StoredTexts(path, rows)
+
+
 @dataclass
 class CachedPool:
-    """A parsed pool, whether it came from the cache, and the entry's key."""
+    """A parsed pool, whether it came from the cache, and the entry's key.
+
+    texts: a hit that left the question and answer on disk (`cached_read_pool(texts_on_disk=True)`).
+    """
 
     result: P.PoolResult
     status: str  # "hit", "miss" (parsed and stored), or "off"
     key: str | None = None
+    texts: StoredTexts | None = None
 
     def info(self) -> dict[str, object]:
         """What the build report says about the cache."""
         return {"status": self.status, "key": self.key}
 
 
-def _load(entry: Path) -> P.PoolResult | None:
+def _load(entry: Path, texts_on_disk: bool) -> tuple[P.PoolResult, StoredTexts | None] | None:
     try:
         qa, rejects = (pl.read_parquet(entry / f"{part}.parquet") for part in _PARTS)
-        frames = pl.read_ipc(entry / _FRAMES_FILE)
-        text = pl.read_ipc(entry / _TEXT_FILE)
+        frames = P.few_chunks(pl.read_ipc(entry / _FRAMES_FILE))
         order = json.loads((entry / "columns.json").read_text())
+        if texts_on_disk:
+            texts = _stored_texts(entry / _TEXT_FILE, qa.height)
+            qa = P.few_chunks(qa.select(c for c in order if c not in _TEXT_COLUMNS))
+            return P.PoolResult(qa, rejects, frames), texts
+        text = pl.read_ipc(entry / _TEXT_FILE)
         qa = P.few_chunks(pl.concat([qa, text], how="horizontal").select(order))
-        frames = P.few_chunks(frames)
-    except (OSError, ValueError, pl.exceptions.PolarsError):  # missing or damaged entry: parse again
-        return None
-    return P.PoolResult(qa, rejects, frames)
+    except (OSError, ValueError, pa.ArrowException, pl.exceptions.PolarsError):
+        return None  # a missing or damaged entry: parse again
+    return P.PoolResult(qa, rejects, frames), None
 
 
 @contextlib.contextmanager
@@ -142,7 +226,7 @@ def store(entry: Path, result: P.PoolResult, qa_columns: dict[str, pl.Series] | 
         for part, frame in zip(_PARTS, (qa.drop(text), result.rejects)):
             frame.write_parquet(tmp / f"{part}.parquet", compression="lz4", statistics=False)
         frames.write_ipc(tmp / _FRAMES_FILE, compression="zstd")
-        qa.select(text).write_ipc(tmp / _TEXT_FILE, compression="uncompressed")
+        _write_texts(qa.select(text), tmp / _TEXT_FILE)
         (tmp / "columns.json").write_text(json.dumps(qa.columns))
     # pool entries only: other entries in the folder (a build's metrics) keep their own count
     keep_newest(p for p in root.iterdir() if p.is_dir() and _ENTRY_NAME.fullmatch(p.name))
@@ -160,12 +244,15 @@ def cached_read_pool(
     *,
     cache_dir: Path | None,
     defer_store: Callable[[Callable[..., None]], None] | None = None,
+    texts_on_disk: bool = False,
     **options: object,
 ) -> CachedPool:
     """`pool.read_pool(onevision, video, row_frames=True, **options)` through the cache in cache_dir.
 
     cache_dir None: no cache. defer_store: is handed the store, `write(qa_columns=None)`, to run
-    later (e.g. on a thread while the selection runs) instead of before returning.
+    later (e.g. on a thread while the selection runs) instead of before returning. texts_on_disk:
+    a hit leaves question and answer in the entry (`CachedPool.texts`) when the entry holds
+    `schema.TEXT_CODE`; the QA table then has no such columns.
     """
     if cache_dir is None:
         return CachedPool(P.read_pool(onevision, video, row_frames=True, **options), "off")  # type: ignore[arg-type]
@@ -173,10 +260,12 @@ def cached_read_pool(
     key = cache_key(files, options)
     entry = Path(cache_dir) / key
     if entry.is_dir():
-        loaded = _load(entry)
+        loaded = _load(entry, texts_on_disk)
+        if loaded is not None and texts_on_disk and S.TEXT_CODE not in loaded[0].qa.columns:
+            loaded = _load(entry, False)  # stored without the codes: the texts are needed
         if loaded is not None:
             os.utime(entry)  # newest use first when old entries are dropped
-            return CachedPool(loaded, "hit", key)
+            return CachedPool(loaded[0], "hit", key, loaded[1])
     result = P.read_pool(onevision, video, row_frames=True, **options)  # type: ignore[arg-type]
     if cache_key(files, options) != key:  # a file changed while it was read: do not store
         return CachedPool(result, "off", key)

@@ -58,6 +58,10 @@ LOW_CARD_COLUMNS = (
     "source_file",
 )
 
+# Optional QA column: per QA, the first row with the same (question, answer) (`select.text_codes`),
+# kept with a table whose texts stay on disk.
+TEXT_CODE = "text_code"
+
 # One row per input line or turn that yielded no QA (`rejects` table).
 REJECT_SCHEMA: dict[str, pl.DataType] = {
     "source_file": pl.String(),

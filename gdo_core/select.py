@@ -42,7 +42,7 @@ from gdo_core.candidate_score import (
     score_terms,
 )
 from gdo_core.profiles import GoalProfile
-from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS
+from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS, TEXT_CODE
 from gdo_core.strata import MEDIA_TOKEN_PATTERN, collapse_ws
 
 Mode = Literal["default", "published"]
@@ -195,6 +195,32 @@ def answer_distinct_tokens(qa: pl.DataFrame) -> np.ndarray:
     if ANSWER_DISTINCT in qa.columns and not qa[ANSWER_DISTINCT].has_nulls():
         return qa[ANSWER_DISTINCT].to_numpy().astype(np.int64)
     return distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy())
+
+
+TEXT_CODE_CHUNK_ROWS = 65_536  # rows whose joined texts are hashed at a time
+
+
+def text_codes(qa: pl.DataFrame) -> np.ndarray:
+    """Per QA, the first row with the same (question, answer) identity (as the acceptance rule
+    tells pairs apart: joined with TEXT_KEY_SEPARATOR).
+
+    The joined texts are hashed a chunk at a time; only rows that share a hash are joined
+    together and compared, so the pool's joined texts are never all in memory.
+    """
+    joined = pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR)
+    hashes = pl.concat(
+        [
+            qa.slice(i, TEXT_CODE_CHUNK_ROWS).select(joined.hash(seed=0)).to_series()
+            for i in range(0, qa.height, TEXT_CODE_CHUNK_ROWS)
+        ]
+        or [pl.Series(dtype=pl.UInt64)]
+    )
+    codes = np.arange(qa.height, dtype=np.int64)
+    shared = np.flatnonzero(hashes.is_duplicated().to_numpy())
+    if shared.size:  # exact codes among the rows whose hash another row has
+        texts = qa.select(joined)[pl.Series(shared)].to_series()
+        codes[shared] = shared[_series_codes(texts)]
+    return codes
 
 
 def score_inputs(
@@ -660,10 +686,17 @@ def _row_attrs(
     seen = np.zeros(qa.height, dtype=bool)
     seen[rows] = True
     rows = np.nonzero(seen)[0]
-    cols = ["qa_uid", "question", "answer", "bucket", "video_uid", "temporal_category"]
+    has_texts = "question" in qa.columns  # else the identities kept with the table (`text_codes`)
+    texts = ["question", "answer"] if has_texts else [TEXT_CODE]
+    cols = ["qa_uid", *texts, "bucket", "video_uid", "temporal_category"]
+    text = (
+        pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR)
+        if has_texts
+        else pl.col(TEXT_CODE)
+    )
     sub = qa.select(*cols, "source_group")[pl.Series(rows)].select(
         "qa_uid",
-        text=pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR),
+        text=text,
         is_video=pl.col("bucket") == BUCKET_VIDEO,
         video_uid=pl.col("video_uid").fill_null(""),
         temporal=pl.col("temporal_category").is_in(list(temporal_set)),
@@ -675,7 +708,7 @@ def _row_attrs(
     return _RowAttrs(
         rows=rows,
         uid=_series_codes(sub["qa_uid"]),
-        text=_series_codes(sub["text"]),
+        text=_series_codes(sub["text"]) if has_texts else sub["text"].to_numpy().astype(np.int64),
         is_video=sub["is_video"].to_numpy(),
         video_uid=video_uid,
         temporal=sub["temporal"].to_numpy(),

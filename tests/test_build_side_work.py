@@ -86,14 +86,15 @@ def test_answer_counts_given_or_kept_select_the_same():
     assert S.answer_distinct_tokens(wrong).tolist() == (counts + 1).tolist()
 
 
-def test_cache_entry_keeps_answer_counts(tmp_path):
+def test_cache_entry_keeps_answer_counts_and_text_codes(tmp_path):
     ov, vv = _pool(tmp_path / "pool")
     cache = tmp_path / "cache"
     BLD.build_subsets("temp", ov, vv, tmp_path / "a", cache_dir=cache, progress=False)
-    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
-    kept = C._load(entry).qa
+    (entry,) = [p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("metrics-")]
+    kept = C._load(entry, texts_on_disk=False)[0].qa
     expected = distinct_answer_tokens(kept["answer"], kept["answer_len"].to_numpy())
     assert kept[S.ANSWER_DISTINCT].to_list() == expected.tolist()
+    assert kept[S.TEXT_CODE].to_list() == S.text_codes(kept).tolist()
 
 
 def _published_pool(tmp_path, messy: bool) -> pl.DataFrame:

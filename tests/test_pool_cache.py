@@ -6,6 +6,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -266,3 +267,95 @@ def test_a_build_keeps_only_the_prepared_metrics(tmp_path):
         with pytest.raises(ValueError, match="only the terms prepared for mode 'default'"):
             table.for_selection("published")
     assert status == "hit"
+
+
+def test_stored_texts_take_rows_across_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "TEXT_BATCH_ROWS", 4)
+    texts = pl.DataFrame(
+        {"question": [f"q{i}" * (i % 5) for i in range(23)], "answer": [f"a{i}" for i in range(23)]}
+    )
+    path = tmp_path / "text.arrow"
+    C._write_texts(texts, path)
+    stored = C._stored_texts(path, 23)
+    assert stored.read().equals(texts)
+    rng = np.random.default_rng(3)
+    for size in (1, 5, 40):
+        rows = rng.integers(0, 23, size)  # any order, repeats
+        assert stored.take(rows).equals(texts[rows.tolist()])
+    assert stored.take(np.array([], dtype=np.int64)).equals(texts.clear())
+    with pytest.raises(IndexError, match="rows outside 0..22"):
+        stored.take(np.array([3, 23]))
+    with pytest.raises(ValueError, match="not 25 rows"):
+        C._stored_texts(path, 25)  # 7 batches of 4, not 6
+
+
+def test_text_codes_tell_joined_texts_apart_exactly(monkeypatch):
+    """Equal codes exactly for equal question|||answer joins, whatever the chunking (quirk kept:
+    ("a|||b", "x") and ("a", "b|||x") are the same pair)."""
+    from gdo_core import select as S
+
+    rng = random.Random(0)
+    for chunk in (1, 7, 65_536):
+        monkeypatch.setattr(S, "TEXT_CODE_CHUNK_ROWS", chunk)
+        for n in (0, 1, 50, 300):
+            qs = [rng.choice(["a", "b", "a|||b", "", "c"]) for _ in range(n)]
+            ans = [rng.choice(["x", "b|||x", ""]) for _ in range(n)]
+            first: dict[str, int] = {}
+            expected = [first.setdefault(q + "|||" + a, i) for i, (q, a) in enumerate(zip(qs, ans))]
+            codes = S.text_codes(
+                pl.DataFrame(
+                    {"question": qs, "answer": ans},
+                    schema=dict.fromkeys(("question", "answer"), pl.String),
+                )
+            )
+            assert codes.tolist() == expected
+
+
+def test_a_hit_leaves_the_texts_on_disk_and_writes_the_same_files(tmp_path):
+    """A build's cache hit reads question and answer only for the rows it writes (and all of them
+    for an exclusion list); files equal a build without the cache."""
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    reference = tmp_path / "bench.jsonl"
+    rows = [json.loads(line) for line in vv.read_text().splitlines()[:5]]
+    reference.write_text(
+        "".join(
+            json.dumps({"question": r["messages"][0]["content"].removeprefix("<video>\n")}) + "\n"
+            for r in rows
+        )
+    )
+    settings = {"progress": False, "target_count": 20, "target_frames": 8}
+    statuses = []
+    for exclude in ((), (reference,)):
+        for name, kwargs in (("first", {}), ("second", {}), ("off", {"cache": False})):
+            result = BLD.build_subsets(
+                "temp",
+                ov,
+                vv,
+                tmp_path / f"{name}{len(exclude)}",
+                cache_dir=cache,
+                exclude_reference=exclude,
+                **settings,
+                **kwargs,
+            )
+            statuses.append(result.parse_cache["status"])
+        assert _files(tmp_path / f"first{len(exclude)}") == _files(tmp_path / f"off{len(exclude)}")
+        assert _files(tmp_path / f"second{len(exclude)}") == _files(tmp_path / f"off{len(exclude)}")
+    assert statuses == ["miss", "hit", "off", "hit", "hit", "off"]
+    assert _files(tmp_path / "off0") != _files(tmp_path / "off1")  # the exclusion list excludes
+    lean = C.cached_read_pool(
+        ov,
+        vv,
+        cache_dir=cache,
+        texts_on_disk=True,
+        target_frames=8,
+        mcq_on_raw=True,
+        media_root=None,
+        categorical=True,
+    )  # the options build_subsets reads the pool with
+    assert (
+        lean.status == "hit" and lean.texts is not None and lean.texts.rows == lean.result.qa.height
+    )
+    assert "question" not in lean.result.qa.columns and "text_code" in lean.result.qa.columns
+    codes = lean.result.qa["text_code"].to_numpy()
+    assert (codes < np.arange(codes.size)).any()  # the pool repeats (question, answer) pairs
