@@ -140,10 +140,13 @@ class StoredTexts:
 
 def _write_texts(frame: pl.DataFrame, path: Path) -> None:
     """frame's string columns as an uncompressed Arrow file in batches of TEXT_BATCH_ROWS rows
-    (plain large strings, which Arrow's take copies out of a batch)."""
-    table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=TEXT_BATCH_ROWS)
+    (plain large strings, which Arrow's take copies out of a batch), converted a batch at a time."""
+    oldest = pl.CompatLevel.oldest()
+    schema = frame.clear().to_arrow(compat_level=oldest).schema
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+        for start in range(0, frame.height, TEXT_BATCH_ROWS):
+            part = frame.slice(start, TEXT_BATCH_ROWS).to_arrow(compat_level=oldest)
+            writer.write_batch(part.combine_chunks().to_batches()[0])
 
 
 def _stored_texts(path: Path, rows: int) -> StoredTexts:

@@ -218,7 +218,7 @@ def text_codes(qa: pl.DataFrame) -> np.ndarray:
     codes = np.arange(qa.height, dtype=np.int64)
     shared = np.flatnonzero(hashes.is_duplicated().to_numpy())
     if shared.size:  # exact codes among the rows whose hash another row has
-        texts = qa.select(joined)[pl.Series(shared)].to_series()
+        texts = qa.select("question", "answer")[pl.Series(shared)].select(joined).to_series()
         codes[shared] = shared[_series_codes(texts)]
     return codes
 

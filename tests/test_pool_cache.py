@@ -271,9 +271,12 @@ def test_a_build_keeps_only_the_prepared_metrics(tmp_path):
 
 def test_stored_texts_take_rows_across_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "TEXT_BATCH_ROWS", 4)
-    texts = pl.DataFrame(
-        {"question": [f"q{i}" * (i % 5) for i in range(23)], "answer": [f"a{i}" for i in range(23)]}
-    )
+    parts = [  # chunk boundaries that are not batch boundaries
+        pl.DataFrame({"question": [f"q{i}" * (i % 5) for i in r], "answer": [f"a{i}" for i in r]})
+        for r in (range(3), range(3, 9), range(9, 23))
+    ]
+    texts = pl.concat(parts, rechunk=False)
+    assert texts.n_chunks() == 3
     path = tmp_path / "text.arrow"
     C._write_texts(texts, path)
     stored = C._stored_texts(path, 23)
