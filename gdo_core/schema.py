@@ -45,18 +45,7 @@ QA_SCHEMA: dict[str, pl.DataType] = {
 
 # QA columns with few distinct values: `pool.read_pool(categorical=True)` holds them as
 # Categorical (4 bytes a row instead of a 16-byte string view, plus the long strings' bytes).
-LOW_CARD_COLUMNS = (
-    "data_source",
-    "source_group",
-    "bucket",
-    "duration_bucket",
-    "temporal_category",
-    "question_form",
-    "q_len_bucket",
-    "a_len_bucket",
-    "stratum",
-    "source_file",
-)
+LOW_CARD_COLUMNS = ("data_source", *STRATUM_FIELDS, "stratum", "source_file")
 
 # Optional QA column: per QA, the first row with the same (question, answer) (`select.text_codes`),
 # kept with a table whose texts stay on disk.
