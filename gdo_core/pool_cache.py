@@ -179,7 +179,11 @@ class CachedPool:
 
 
 def _load(entry: Path, texts_on_disk: bool) -> tuple[P.PoolResult, StoredTexts | None] | None:
+    """An entry's tables (None if missing or damaged); texts_on_disk: leave question and answer in
+    the text file when the entry has the codes that stand in for them (`schema.TEXT_CODE`)."""
     try:
+        has_codes = S.TEXT_CODE in pl.read_parquet_schema(entry / "qa.parquet")
+        texts_on_disk = texts_on_disk and has_codes
         qa, rejects = (pl.read_parquet(entry / f"{part}.parquet") for part in _PARTS)
         frames = P.few_chunks(pl.read_ipc(entry / _FRAMES_FILE))
         order = json.loads((entry / "columns.json").read_text())
@@ -255,7 +259,7 @@ def cached_read_pool(
     cache_dir None: no cache. defer_store: is handed the store, `write(qa_columns=None)`, to run
     later (e.g. on a thread while the selection runs) instead of before returning. texts_on_disk:
     a hit leaves question and answer in the entry (`CachedPool.texts`) when the entry holds
-    `schema.TEXT_CODE`; the QA table then has no such columns.
+    `schema.TEXT_CODE` (a build's entries do); the QA table then has no such columns.
     """
     if cache_dir is None:
         return CachedPool(P.read_pool(onevision, video, row_frames=True, **options), "off")  # type: ignore[arg-type]
@@ -264,8 +268,6 @@ def cached_read_pool(
     entry = Path(cache_dir) / key
     if entry.is_dir():
         loaded = _load(entry, texts_on_disk)
-        if loaded is not None and texts_on_disk and S.TEXT_CODE not in loaded[0].qa.columns:
-            loaded = _load(entry, False)  # stored without the codes: the texts are needed
         if loaded is not None:
             os.utime(entry)  # newest use first when old entries are dropped
             return CachedPool(loaded[0], "hit", key, loaded[1])

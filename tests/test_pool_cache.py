@@ -362,3 +362,13 @@ def test_a_hit_leaves_the_texts_on_disk_and_writes_the_same_files(tmp_path):
     assert "question" not in lean.result.qa.columns and "text_code" in lean.result.qa.columns
     codes = lean.result.qa["text_code"].to_numpy()
     assert (codes < np.arange(codes.size)).any()  # the pool repeats (question, answer) pairs
+
+
+def test_an_entry_without_text_codes_is_read_with_its_texts(tmp_path):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+    stored = C.cached_read_pool(ov, vv, cache_dir=cache, target_frames=8)  # stored as parsed
+    assert stored.status == "miss" and "text_code" not in stored.result.qa.columns
+    hit = C.cached_read_pool(ov, vv, cache_dir=cache, texts_on_disk=True, target_frames=8)
+    assert hit.status == "hit" and hit.texts is None
+    assert hit.result.qa.equals(stored.result.qa)
