@@ -597,9 +597,10 @@ def gather_chunked(column: pl.Series, rows: pl.Series) -> pl.Series:
     starts = np.cumsum([0, *lengths])
     chunk = np.searchsorted(starts, idx, side="right") - 1
     order = np.argsort(chunk, kind="stable")  # rows grouped by chunk, in their order within
+    grouped, chunk_of = idx[order], chunk[order]
     parts = [column.slice(0, 0)]
     for c in np.unique(chunk).tolist():
-        local = idx[order][chunk[order] == c] - starts[c]
+        local = grouped[chunk_of == c] - starts[c]
         parts.append(column.slice(int(starts[c]), lengths[c]).gather(pl.Series(local)))
     taken = pl.concat([*parts, pl.Series([None], dtype=column.dtype)]).rechunk()
     at = np.full(rows.len(), idx.size, dtype=np.int64)  # the appended null

@@ -40,6 +40,7 @@ from pyarrow import ipc
 
 from gdo_core import pool as P
 from gdo_core import schema as S
+from gdo_core.pool_fast import _arrow
 
 KEEP_ENTRIES = 4
 _ENTRY_NAME = re.compile(r"[0-9a-f]{32}")  # a pool entry's folder: its key
@@ -128,10 +129,8 @@ class StoredTexts:
             parts = []
             for b in np.unique(batch_of).tolist():
                 lo, hi = np.searchsorted(batch_of, [b, b + 1])
-                local = np.ascontiguousarray(unique[lo:hi] - b * TEXT_BATCH_ROWS)
-                # (from the buffer: pa.array of a NumPy array imports pandas, about 0.3 s)
-                at = pa.Array.from_buffers(pa.int64(), local.size, [None, pa.py_buffer(local)])
-                parts.append(reader.get_batch(b).take(at))
+                local = _arrow(unique[lo:hi] - b * TEXT_BATCH_ROWS)  # (not pa.array: pandas)
+                parts.append(reader.get_batch(b).take(local))
                 memory.release_unused()
         taken = pl.from_arrow(pa.Table.from_batches(parts))
         assert isinstance(taken, pl.DataFrame)

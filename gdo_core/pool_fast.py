@@ -503,7 +503,7 @@ def parse_file_fast(
 ) -> PoolResult | None:
     """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
 
-    row_frames, categorical: see `pool.read_pool` (categorical: here for the fast path's rows only).
+    row_frames, categorical: see `pool.read_pool`.
     """
     options = options or ParseOptions()
     path = Path(pool.path)
@@ -530,7 +530,7 @@ def parse_file_fast(
         frames = frames.join(
             qa.select("line").unique(), on="line", how="semi", maintain_order="left"
         )
-    if categorical:  # blocks are converted as they come; the empty and exact-path parts here
+    if categorical:  # the parts were converted as they came; this covers a file that gave none
         qa, frames = low_card(qa), (low_card(frames) if frames is not None else None)
     if slow:
         qa = qa.sort("line", maintain_order=True)
