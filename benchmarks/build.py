@@ -271,6 +271,7 @@ def _child(args: argparse.Namespace) -> None:
         metrics=folder / "metrics.jsonl",
         compat=("published" if args.mode == "published" else None),
         progress=False,
+        low_memory=args.low_memory,
     )
     wall = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

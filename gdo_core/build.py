@@ -834,12 +834,16 @@ def build_subsets(
     media_root: Path | str | None = None,
     cache: bool = True,
     cache_dir: Path | str | None = None,
+    low_memory: bool = False,
 ) -> BuildResult:
     """`gdo build`: parse the pool files, select GDO 1x and Uni-10x, write JSONL files, report and profile.
 
     cache: keep the parsed pool and the prepared metrics in cache_dir (default
     `pool_cache.default_cache_dir()`), so a later build on the same files skips parsing them
     (`BuildResult.parse_cache` says hit or miss, for the metrics under "metrics").
+    low_memory: parse the pool files one at a time, writing their texts into the new cache entry as
+    they are parsed, then load the metrics: a lower peak (with `memory.prefer_low_memory`, as
+    `gdo build --low-memory` runs), slower. The same files either way.
 
     Writes gdo_1x_<frames>f.jsonl, uni_10x_<frames>f.jsonl, report.json, profile.json and
     subset_members.parquet into out_dir. compat="published" reproduces the published build step.
@@ -852,21 +856,25 @@ def build_subsets(
     if frames < 1:
         raise BuildError(f"target frames must be >= 1, got {frames}")
     # The metrics file loads (and its pool-free terms are prepared) on a side thread while the
-    # pool is read, both through the cache; a newly parsed pool's answers are tokenised there next
-    # (overlapping the selection, which waits for them at the score), then the pool, with those
-    # counts and its text codes, is stored in the cache. A cache hit leaves the texts on disk: only
-    # the rows written out are read back.
+    # pool is read (low_memory: after it), both through the cache; a newly parsed pool's answers
+    # are tokenised there next (overlapping the selection, which waits for them at the score), then
+    # the pool, with those counts and its text codes, is stored in the cache. A hit leaves the
+    # texts on disk, and so does a low-memory miss (it writes them into the new entry, and counts
+    # the answers, while parsing): only the rows written out are read back.
     side = ThreadPoolExecutor(1)
     mode: Mode = "published" if compat == "published" else "default"
     folder = _cache_dir(cache, cache_dir)
-    pending = (
-        side.submit(
+
+    def load_metrics_on_side() -> Future | None:
+        if metrics is None:
+            return None
+        return side.submit(
             lambda: cached_metrics(metrics, strict=(compat is None), mode=mode, cache_dir=folder)
         )
-        if metrics is not None
-        else None
-    )
+
+    pending = None if low_memory else load_metrics_on_side()
     stores: list[Callable[..., None]] = []
+    cached = None
     try:
         cached = cached_read_pool(
             Path(onevision) if onevision is not None else None,
@@ -878,15 +886,21 @@ def build_subsets(
             media_root=Path(media_root) if media_root is not None else None,
             categorical=True,
             texts_on_disk=True,
+            parse_to_disk=low_memory,
+            file_threads=1 if low_memory else None,
         )
-        qa = cached.result.qa
-        distinct = (
+        if low_memory:
+            pending = load_metrics_on_side()
+        qa, texts = cached.result.qa, cached.texts
+        distinct = (  # (texts on disk: the table has the counts, stored or counted while parsed)
             side.submit(answer_distinct_tokens, qa) if ANSWER_DISTINCT not in qa.columns else None
         )
 
         def derived() -> dict[str, pl.Series]:
             """The columns a stored entry keeps besides the parsed ones."""
-            columns = {TEXT_CODE: pl.Series(text_codes(qa), dtype=pl.Int64)}
+            columns = {}
+            if TEXT_CODE not in qa.columns:
+                columns[TEXT_CODE] = pl.Series(text_codes(qa), dtype=pl.Int64)
             if distinct is not None:
                 columns[ANSWER_DISTINCT] = pl.Series(distinct.result(), dtype=pl.Int32)
             return columns
@@ -927,12 +941,14 @@ def build_subsets(
             row_frames=pool.frames,
             mcq_collapsed=(compat is not None),  # the pool was parsed with mcq_on_raw=(compat is None)
             answer_distinct=distinct,
-            texts=cached.texts,
+            texts=texts,
         )
         for future in stored:
             future.result()
     finally:  # a failed build leaves no work queued; a running store finishes
         side.shutdown(wait=True, cancel_futures=True)
+        if cached is not None:
+            cached.close()
     result.parse_cache = {**cached.info(), "metrics": metrics_status}
     result.timings = {"read_pool": read_s, **{k: v + read_s for k, v in result.timings.items()}}
     return result

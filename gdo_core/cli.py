@@ -305,7 +305,8 @@ def build(
         bool,
         typer.Option(
             "--low-memory",
-            help="Hand freed memory back to the system promptly: lower peak RSS, a little slower.",
+            help="Hand freed memory back to the system promptly, parse the pool files one at a time "
+            "and keep their texts on disk: lower peak RSS, slower.",
         ),
     ] = False,
 ) -> None:
@@ -348,6 +349,7 @@ def build(
             progress=sys.stderr.isatty(),
             cache=cache,
             cache_dir=cache_dir,
+            low_memory=low_memory,
         )
     report = result.report
     unmet = report.get("hard_constraints", {}).get("unmet", [])

@@ -71,6 +71,11 @@ class PoolError(Exception):
     """A pool input that cannot be read at all (missing file, unknown format)."""
 
 
+TextSink = Callable[[pl.DataFrame], pl.DataFrame]
+"""Takes a part of the QA table, keeps its question and answer elsewhere, and returns the part with
+other columns standing in for them (`pool_cache.TextSpill` is one). Called from several threads."""
+
+
 @dataclass
 class PoolResult:
     """QA rows and rejects of one pool, chunk or file.
@@ -622,6 +627,8 @@ def read_pool(
     fast: bool = True,
     row_frames: bool = False,
     categorical: bool = False,
+    spill_texts: TextSink | None = None,
+    file_threads: int | None = None,
 ) -> PoolResult:
     """Parse whole pool files (image pools first, then video pools) into one PoolResult.
 
@@ -629,17 +636,23 @@ def read_pool(
     parser (same result); otherwise, or for .json files, every row goes through the exact parser,
     chunk by chunk on `workers` processes. row_frames: frame lists once per line in
     `PoolResult.frames`, not once per QA (what `gdo build` keeps in memory). categorical: the
-    `schema.LOW_CARD_COLUMNS` as Categorical (`low_card`; what `gdo build` holds).
+    `schema.LOW_CARD_COLUMNS` as Categorical (`low_card`; what `gdo build` holds). spill_texts:
+    every part's question and answer are handed to it as they are parsed, and the columns it returns
+    stand in for them (the parse then never holds the pool's texts). file_threads: how many files
+    are read side by side (default: one thread per file, up to the CPU count; 1 holds less).
     """
     from gdo_core.pool_fast import parse_file_fast  # pool_fast builds on this module
 
     options = ParseOptions(target_frames, mcq_on_raw, media_root, video_frame_dir)
     files = pool_files(onevision, video)
     # Arrow and polars release the GIL, so files are read side by side on threads.
-    with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as threads:
+    threads_wanted = file_threads or min(len(files), os.cpu_count() or 1)
+    with ThreadPoolExecutor(max(1, threads_wanted)) as threads:
         fast_results = list(
             threads.map(
-                lambda f: parse_file_fast(f, options, row_frames=row_frames, categorical=categorical)
+                lambda f: parse_file_fast(
+                    f, options, row_frames=row_frames, categorical=categorical, spill_texts=spill_texts
+                )
                 if fast
                 else None,
                 files,
@@ -651,6 +664,8 @@ def read_pool(
             result = _read_exact([pool], options, chunk_lines, _auto_workers([pool], workers))
             if row_frames:
                 result = split_row_frames(result)
+            if spill_texts is not None:
+                result = PoolResult(spill_texts(result.qa), result.rejects, result.frames)
         qa.append(low_card(result.qa) if categorical else result.qa)
         rejects.append(result.rejects)
         frames.append(low_card(result.frames) if categorical and row_frames else result.frames)

@@ -13,6 +13,9 @@ Parquet) for roughly 140 MB less on disk. The file is written in record batches 
 rows, so a build can leave the texts on disk (`cached_read_pool(texts_on_disk=True)`) and read
 back the rows it writes out (`StoredTexts.take`), one batch in memory at a time; the selection
 then tells (question, answer) pairs apart by the `schema.TEXT_CODE` column stored with the table.
+`gdo build --low-memory` also writes a new entry's text file while the pool is parsed
+(`TextSpill`, `parse_to_disk=True`): its rows are in the order the parse produced them, and the
+entry's `TEXT_ROW` column says which row holds each QA's texts.
 The per-line frame lists are a zstd Arrow IPC file:
 per million QAs, Parquet's writer holds about 180 MB more while it writes them and its file is
 about 3x larger; reading them back costs about 0.05 s more. Every other column is lz4 Parquet.
@@ -28,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,13 +44,19 @@ from pyarrow import ipc
 
 from gdo_core import pool as P
 from gdo_core import schema as S
+from gdo_core.candidate_score import distinct_answer_tokens
 from gdo_core.pool_fast import _arrow
+from gdo_core.select import ANSWER_DISTINCT, codes_of_text_hashes, text_hashes
 
 KEEP_ENTRIES = 4
 _ENTRY_NAME = re.compile(r"[0-9a-f]{32}")  # a pool entry's folder: its key
 STALE_TMP_SECONDS = 24 * 3600
 _PARTS = ("qa", "rejects")  # Parquet files
 _TEXT_FILE, _TEXT_COLUMNS = "text.arrow", ("question", "answer")
+_TEXT_SCHEMA = pa.schema([(c, pa.large_string()) for c in _TEXT_COLUMNS])
+# QA columns of a parse whose texts went to the text file as they were parsed (`TextSpill`): the
+# row of each QA in the file (kept in the entry) and the hash of its texts (`select.text_hashes`)
+TEXT_ROW, TEXT_HASH = "text_row", "text_hash"
 # rows per record batch of the text file (`StoredTexts.take` reads one at a time)
 TEXT_BATCH_ROWS = 65_536
 _FRAMES_FILE = "frames.arrow"
@@ -99,42 +109,125 @@ def cache_key(files: list[P.PoolFile], options: dict[str, object]) -> str:
     return entry_key([(f.kind, f.path) for f in files], options, _PARSER_MODULES)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StoredTexts:
-    """The question and answer of each QA row of a cache entry, left in its text file."""
+    """The question and answer of each row of a QA table, left in a text file (`_write_texts`).
+
+    source: the file, open (it can be read after its folder is renamed or removed); rows: rows in
+    the file; order: per table row, its row in the file (None: the same row).
+    """
 
     path: Path
     rows: int
+    source: pa.NativeFile
+    order: np.ndarray | None = None
+
+    @property
+    def height(self) -> int:
+        """Rows of the table the texts belong to."""
+        return self.rows if self.order is None else self.order.size
+
+    def _batches(self) -> ipc.RecordBatchFileReader:
+        return ipc.open_file(self.source, memory_pool=pa.default_memory_pool())
 
     def read(self) -> pl.DataFrame:
-        """Every row."""
-        return pl.read_ipc(self.path)
+        """Every row, in table order."""
+        texts = pl.from_arrow(self._batches().read_all())
+        assert isinstance(texts, pl.DataFrame)
+        texts = texts.select(pl.col(c).cast(pl.String) for c in _TEXT_COLUMNS)
+        return texts if self.order is None else texts[pl.Series(self.order)]
 
     def take(self, rows: np.ndarray) -> pl.DataFrame:
-        """The given rows (repeats allowed) in the given order, read one record batch at a time.
+        """The given table rows (repeats allowed) in the given order, read one record batch at a time.
 
         Only the taken strings are kept (Arrow's take copies them out of the batch).
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return pl.DataFrame(schema={c: pl.String() for c in _TEXT_COLUMNS})
-        if rows.min() < 0 or rows.max() >= self.rows:
-            raise IndexError(f"{self.path}: rows outside 0..{self.rows - 1}")
+        if rows.min() < 0 or rows.max() >= self.height:
+            raise IndexError(f"{self.path}: rows outside 0..{self.height - 1}")
+        if self.order is not None:
+            rows = self.order[rows]
         unique, inverse = np.unique(rows, return_inverse=True)
         batch_of = unique // TEXT_BATCH_ROWS
         memory = pa.default_memory_pool()
         # read, not mapped (a mapped page counts as resident), a batch's pages handed back after it
-        with pa.OSFile(str(self.path), memory_pool=memory) as source:
-            reader = ipc.open_file(source, memory_pool=memory)
-            parts = []
-            for b in np.unique(batch_of).tolist():
-                lo, hi = np.searchsorted(batch_of, [b, b + 1])
-                local = _arrow(unique[lo:hi] - b * TEXT_BATCH_ROWS)  # (not pa.array: pandas)
-                parts.append(reader.get_batch(b).take(local))
-                memory.release_unused()
+        reader = self._batches()
+        parts = []
+        for b in np.unique(batch_of).tolist():
+            lo, hi = np.searchsorted(batch_of, [b, b + 1])
+            local = _arrow(unique[lo:hi] - b * TEXT_BATCH_ROWS)  # (not pa.array: pandas)
+            parts.append(reader.get_batch(b).take(local))
+            memory.release_unused()
         taken = pl.from_arrow(pa.Table.from_batches(parts))
         assert isinstance(taken, pl.DataFrame)
         return taken[pl.Series(inverse.reshape(-1))]
+
+
+class TextSpill:
+    """Question and answer of QA parts written to a text file (as `_write_texts` writes one) while a
+    parse produces them (`pool.read_pool(spill_texts=...)`): a part comes back with `TEXT_ROW`,
+    `TEXT_HASH` and `select.ANSWER_DISTINCT` instead (the answers are tokenised on the parse's
+    threads). Parts may come from several threads; their rows go in call order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self.error: OSError | None = None  # the write that failed, if one did
+        self._lock = threading.Lock()
+        self._pending: list[pa.Table] = []  # rows not yet written: less than a batch
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = ipc.new_file(self._sink, _TEXT_SCHEMA)
+
+    def __call__(self, part: pl.DataFrame) -> pl.DataFrame:
+        """The part with its texts written out."""
+        texts = part.select(_TEXT_COLUMNS)
+        hashes = text_hashes(texts)
+        counts = distinct_answer_tokens(texts["answer"], part["answer_len"].to_numpy())
+        table = texts.to_arrow(compat_level=pl.CompatLevel.oldest())  # copied out of the part
+        with self._lock:
+            start = self.rows
+            self.rows += part.height
+            self._pending.append(table)
+            if sum(t.num_rows for t in self._pending) >= TEXT_BATCH_ROWS:
+                self._write(final=False)
+        rows = pl.int_range(start, start + part.height, dtype=pl.Int64, eager=True)
+        return part.drop(_TEXT_COLUMNS).with_columns(
+            rows.alias(TEXT_ROW),
+            hashes.alias(TEXT_HASH),
+            pl.Series(ANSWER_DISTINCT, counts, dtype=pl.Int32),
+        )
+
+    def _write(self, final: bool) -> None:
+        """Whole batches of the pending rows (and the rest when final) to the file."""
+        table = pa.concat_tables(self._pending).combine_chunks()
+        whole = table.num_rows if final else table.num_rows - table.num_rows % TEXT_BATCH_ROWS
+        try:
+            for start in range(0, whole, TEXT_BATCH_ROWS):
+                batch = table.slice(start, min(TEXT_BATCH_ROWS, whole - start))
+                self._writer.write_batch(batch.combine_chunks().to_batches()[0])
+        except OSError as exc:
+            self.error = exc
+            raise
+        self._pending = [table.slice(whole)] if whole < table.num_rows else []
+        del table
+        pa.default_memory_pool().release_unused()
+
+    def close(self, order: np.ndarray) -> StoredTexts:
+        """Write the rest and close the file; order: per table row, its `TEXT_ROW`."""
+        with self._lock:
+            if self._pending:
+                self._write(final=True)
+            self._writer.close()
+            self._sink.close()
+        return _stored_texts(self.path, self.rows, order)
+
+    def discard(self) -> None:
+        """Close the file without finishing it (a failed parse)."""
+        with contextlib.suppress(OSError, pa.ArrowException):
+            self._writer.close()
+        self._sink.close()
 
 
 def _write_texts(frame: pl.DataFrame, path: Path) -> None:
@@ -148,33 +241,52 @@ def _write_texts(frame: pl.DataFrame, path: Path) -> None:
             writer.write_batch(part.combine_chunks().to_batches()[0])
 
 
-def _stored_texts(path: Path, rows: int) -> StoredTexts:
-    """The entry's text file, checked against its footer (ValueError if it does not fit)."""
-    with pa.OSFile(str(path)) as source:
-        reader = ipc.open_file(source)
-        names, batches = reader.schema.names, reader.num_record_batches
+def _stored_texts(path: Path, rows: int, order: np.ndarray | None = None) -> StoredTexts:
+    """The text file, opened and checked against its footer (ValueError if it does not fit)."""
+    source = pa.OSFile(str(path), memory_pool=pa.default_memory_pool())
+    reader = ipc.open_file(source)
+    names, batches = reader.schema.names, reader.num_record_batches
     if tuple(names) != _TEXT_COLUMNS or batches != -(-rows // TEXT_BATCH_ROWS):
+        source.close()
         raise ValueError(
             f"{path}: not {rows} rows of {_TEXT_COLUMNS} in batches of {TEXT_BATCH_ROWS}"
         )
-    return StoredTexts(path, rows)
+    if order is not None and order.size != rows:
+        source.close()
+        raise ValueError(f"{path}: {rows} rows for a table of {order.size}")
+    return StoredTexts(path, rows, source, order)
 
 
 @dataclass
 class CachedPool:
     """A parsed pool, whether it came from the cache, and the entry's key.
 
-    texts: a hit that left the question and answer on disk (`cached_read_pool(texts_on_disk=True)`).
+    texts: the question and answer of the QA table when it has none (`cached_read_pool(texts_on_disk=True)`).
     """
 
     result: P.PoolResult
     status: str  # "hit", "miss" (parsed and stored), or "off"
     key: str | None = None
     texts: StoredTexts | None = None
+    _unstored: Path | None = None  # a miss's folder of files written while parsing, until stored
 
     def info(self) -> dict[str, object]:
         """What the build report says about the cache."""
         return {"status": self.status, "key": self.key}
+
+    def close(self) -> None:
+        """Close the texts' file, and remove what a miss wrote while parsing if it was not stored
+        (a failed build; a stored entry has been moved into place)."""
+        if self.texts is not None:
+            self.texts.source.close()
+        if self._unstored is not None:
+            shutil.rmtree(self._unstored, ignore_errors=True)
+
+
+def _columns_in_parse_order(qa: pl.DataFrame) -> list[str]:
+    """The table's columns as a parse gives them, texts included, then the derived ones."""
+    parsed = [c for c in S.QA_SCHEMA if c in qa.columns or c in _TEXT_COLUMNS]
+    return parsed + [c for c in qa.columns if c not in parsed and c != TEXT_ROW]
 
 
 def _load(entry: Path, texts_on_disk: bool) -> tuple[P.PoolResult, StoredTexts | None] | None:
@@ -185,24 +297,27 @@ def _load(entry: Path, texts_on_disk: bool) -> tuple[P.PoolResult, StoredTexts |
         texts_on_disk = texts_on_disk and has_codes
         qa, rejects = (pl.read_parquet(entry / f"{part}.parquet") for part in _PARTS)
         frames = P.few_chunks(pl.read_ipc(entry / _FRAMES_FILE))
-        order = json.loads((entry / "columns.json").read_text())
+        columns = json.loads((entry / "columns.json").read_text())
+        order = qa[TEXT_ROW].to_numpy() if TEXT_ROW in qa.columns else None
+        qa = qa.drop(TEXT_ROW, strict=False)
         if texts_on_disk:
-            texts = _stored_texts(entry / _TEXT_FILE, qa.height)
-            qa = P.few_chunks(qa.select(c for c in order if c not in _TEXT_COLUMNS))
+            texts = _stored_texts(entry / _TEXT_FILE, qa.height, order)
+            qa = P.few_chunks(qa.select(c for c in columns if c not in _TEXT_COLUMNS))
             return P.PoolResult(qa, rejects, frames), texts
         text = pl.read_ipc(entry / _TEXT_FILE)
-        qa = P.few_chunks(pl.concat([qa, text], how="horizontal").select(order))
+        text = text if order is None else text[pl.Series(order)]
+        qa = P.few_chunks(pl.concat([qa, text], how="horizontal").select(columns))
     except (OSError, ValueError, pa.ArrowException, pl.exceptions.PolarsError):
         return None  # a missing or damaged entry: parse again
     return P.PoolResult(qa, rejects, frames), None
 
 
 @contextlib.contextmanager
-def writing_entry(entry: Path) -> Iterator[Path]:
-    """A temporary folder beside entry to write into, moved into place as entry (replacing an older
-    one) when the block succeeds and removed either way."""
+def writing_entry(entry: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """A temporary folder beside entry (tmp: one made already) to write into, moved into place as
+    entry (replacing an older one) when the block succeeds and removed either way."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    tmp = tmp or Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         yield tmp
         if entry.exists():
@@ -219,21 +334,29 @@ def keep_newest(entries: Iterable[Path]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def store(entry: Path, result: P.PoolResult, qa_columns: dict[str, pl.Series] | None = None) -> None:
+def store(
+    entry: Path,
+    result: P.PoolResult,
+    qa_columns: dict[str, pl.Series] | None = None,
+    into: Path | None = None,
+) -> None:
     """Write an entry under a temporary name and rename it into place; keep the newest entries.
 
     qa_columns: derived per-QA columns kept with the QA table (e.g. `select.ANSWER_DISTINCT`).
+    into: the temporary folder, holding the text file already (written by `TextSpill`; the
+    table then has `TEXT_ROW` among qa_columns instead of its texts).
     """
     root = entry.parent
-    with writing_entry(entry) as tmp:
+    with writing_entry(entry, into) as tmp:
         frames = result.frames if result.frames is not None else S.empty_frame(P.ROW_FRAMES_SCHEMA)
         qa = result.qa.with_columns(**qa_columns) if qa_columns else result.qa
         text = [c for c in _TEXT_COLUMNS if c in qa.columns]
         for part, frame in zip(_PARTS, (qa.drop(text), result.rejects)):
             frame.write_parquet(tmp / f"{part}.parquet", compression="lz4", statistics=False)
         frames.write_ipc(tmp / _FRAMES_FILE, compression="zstd")
-        _write_texts(qa.select(text), tmp / _TEXT_FILE)
-        (tmp / "columns.json").write_text(json.dumps(qa.columns))
+        if into is None:
+            _write_texts(qa.select(text), tmp / _TEXT_FILE)
+        (tmp / "columns.json").write_text(json.dumps(_columns_in_parse_order(qa)))
     # pool entries only: other entries in the folder (a build's metrics) keep their own count
     keep_newest(p for p in root.iterdir() if p.is_dir() and _ENTRY_NAME.fullmatch(p.name))
     # temporary folders of builds that were killed while storing
@@ -251,17 +374,23 @@ def cached_read_pool(
     cache_dir: Path | None,
     defer_store: Callable[[Callable[..., None]], None] | None = None,
     texts_on_disk: bool = False,
+    parse_to_disk: bool = False,
+    file_threads: int | None = None,
     **options: object,
 ) -> CachedPool:
     """`pool.read_pool(onevision, video, row_frames=True, **options)` through the cache in cache_dir.
 
     cache_dir None: no cache. defer_store: is handed the store, `write(qa_columns=None)`, to run
     later (e.g. on a thread while the selection runs) instead of before returning. texts_on_disk:
-    a hit leaves question and answer in the entry (`CachedPool.texts`) when the entry holds
-    `schema.TEXT_CODE` (a build's entries do); the QA table then has no such columns.
+    a hit leaves question and answer in the entry's text file (`CachedPool.texts`) when the entry
+    holds `schema.TEXT_CODE` (a build's entries do); the QA table then has no such columns.
+    parse_to_disk: so does a miss, with the new entry's text file, written while the pool is parsed
+    (`TextSpill`): the parse never holds the pool's texts, at some cost in time.
+    file_threads: see `pool.read_pool` (not part of the key: the result is the same).
     """
+    read = functools.partial(P.read_pool, row_frames=True, file_threads=file_threads, **options)
     if cache_dir is None:
-        return CachedPool(P.read_pool(onevision, video, row_frames=True, **options), "off")  # type: ignore[arg-type]
+        return CachedPool(read(onevision, video), "off")
     files = P.pool_files(onevision, video)
     key = cache_key(files, options)
     entry = Path(cache_dir) / key
@@ -270,13 +399,40 @@ def cached_read_pool(
         if loaded is not None:
             os.utime(entry)  # newest use first when old entries are dropped
             return CachedPool(loaded[0], "hit", key, loaded[1])
-    result = P.read_pool(onevision, video, row_frames=True, **options)  # type: ignore[arg-type]
+    spill, tmp = _text_spill(entry) if parse_to_disk else (None, None)
+    try:
+        result = read(onevision, video, spill_texts=spill)
+    except OSError:
+        if spill is None or spill.error is None:
+            raise
+        spill.discard()  # the cache folder is full: parse again, holding the texts
+        shutil.rmtree(tmp, ignore_errors=True)  # type: ignore[arg-type]
+        result = read(onevision, video)
+        spill = tmp = None
+    except BaseException:
+        if spill is not None:
+            spill.discard()
+            shutil.rmtree(tmp, ignore_errors=True)  # type: ignore[arg-type]
+        raise
+    texts, qa_columns = None, {}
+    if spill is not None:
+        qa = result.qa
+        order = qa[TEXT_ROW].to_numpy()
+        texts = spill.close(order)
+        codes = codes_of_text_hashes(qa[TEXT_HASH], texts.take)
+        qa = qa.drop(TEXT_ROW, TEXT_HASH, ANSWER_DISTINCT).with_columns(  # a build's derived order
+            pl.Series(S.TEXT_CODE, codes), qa[ANSWER_DISTINCT]
+        )
+        result = P.PoolResult(qa, result.rejects, result.frames)
+        qa_columns = {TEXT_ROW: pl.Series(TEXT_ROW, order)}
     if cache_key(files, options) != key:  # a file changed while it was read: do not store
-        return CachedPool(result, "off", key)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # (the open text file can still be read)
+        return CachedPool(result, "off", key, texts)
 
-    def write(qa_columns: dict[str, pl.Series] | None = None) -> None:
+    def write(derived: dict[str, pl.Series] | None = None) -> None:
         try:
-            store(entry, result, qa_columns)
+            store(entry, result, {**(derived or {}), **qa_columns}, into=tmp)
         except (OSError, pl.exceptions.PolarsError):  # a full or read-only cache folder must not fail the build
             pass
 
@@ -284,4 +440,18 @@ def cached_read_pool(
         write()
     else:
         defer_store(write)
-    return CachedPool(result, "miss", key)
+    return CachedPool(result, "miss", key, texts, tmp)
+
+
+def _text_spill(entry: Path) -> tuple[TextSpill | None, Path | None]:
+    """A `TextSpill` into a new temporary folder beside entry, or (None, None) where none can be made."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    except OSError:
+        return None, None
+    try:
+        return TextSpill(tmp / _TEXT_FILE), tmp
+    except (OSError, pa.ArrowException):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None, None

@@ -42,6 +42,7 @@ from gdo_core.pool import (
     ParseOptions,
     PoolFile,
     PoolResult,
+    TextSink,
     _is_json_array_file,
     _open_binary,
     _rank_within_runs,
@@ -439,13 +440,20 @@ def _pairs_of_batch(
 
 
 def _parse_blocks(
-    path: Path, pool: PoolFile, options: ParseOptions, row_frames: bool, categorical: bool
+    path: Path,
+    pool: PoolFile,
+    options: ParseOptions,
+    row_frames: bool,
+    categorical: bool,
+    spill_texts: TextSink | None,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[pl.DataFrame], list[tuple[int, bytes]]]:
     """(QA parts, reject parts, row-frame parts, (line number, bytes) for the exact path) of the file.
 
     categorical: each block's parts get `pool.low_card` columns (held as they are built).
+    spill_texts: each block's QA part goes through it as it is built.
     """
     compact = low_card if categorical else (lambda frame: frame)
+    spill = spill_texts or (lambda frame: frame)
     qa_parts: list[pl.DataFrame] = []
     reject_parts: list[pl.DataFrame] = []
     frame_parts: list[pl.DataFrame] = []
@@ -472,7 +480,7 @@ def _parse_blocks(
             else:
                 pairs = _resolved(pairs, options.media_root)
             qa, empty = qa_frame(pairs, pool.kind, str(path), options.mcq_on_raw)
-            qa_parts.append(compact(qa))
+            qa_parts.append(spill(compact(qa)))
             reject_parts.append(empty)
         slow.extend(
             (n, bytes(block[starts[n - first] : ends[n - first] + 1]))
@@ -502,17 +510,18 @@ def parse_file_fast(
     *,
     row_frames: bool = False,
     categorical: bool = False,
+    spill_texts: TextSink | None = None,
 ) -> PoolResult | None:
     """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
 
-    row_frames, categorical: see `pool.read_pool`.
+    row_frames, categorical, spill_texts: see `pool.read_pool`.
     """
     options = options or ParseOptions()
     path = Path(pool.path)
     if _is_json_array_file(path):
         return None
     qa_parts, reject_parts, frame_parts, slow = _parse_blocks(
-        path, pool, options, row_frames, categorical
+        path, pool, options, row_frames, categorical, spill_texts
     )
     if slow:
         slow.sort()
@@ -520,10 +529,14 @@ def parse_file_fast(
         if row_frames:
             exact = split_row_frames(exact)
             frame_parts.append(low_card(exact.frames) if categorical else exact.frames)
-        qa_parts.append(low_card(exact.qa) if categorical else exact.qa)
+        exact_qa = low_card(exact.qa) if categorical else exact.qa
+        qa_parts.append(spill_texts(exact_qa) if spill_texts is not None else exact_qa)
         reject_parts.append(exact.rejects)
-    empty_qa = S.empty_frame(S.QA_SCHEMA)
-    qa = pl.concat(qa_parts) if qa_parts else (empty_qa.drop("frames") if row_frames else empty_qa)
+    if not qa_parts:
+        empty_qa = S.empty_frame(S.QA_SCHEMA)
+        empty_qa = empty_qa.drop("frames") if row_frames else empty_qa
+        qa_parts.append(spill_texts(empty_qa) if spill_texts is not None else empty_qa)
+    qa = pl.concat(qa_parts)
     rejects = pl.concat(reject_parts) if reject_parts else S.empty_frame(S.REJECT_SCHEMA)
     frames = None
     if row_frames:

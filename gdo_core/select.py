@@ -200,6 +200,29 @@ def answer_distinct_tokens(qa: pl.DataFrame) -> np.ndarray:
 TEXT_CODE_CHUNK_ROWS = 65_536  # rows whose joined texts are hashed at a time
 
 
+def _joined_texts() -> pl.Expr:
+    """A QA's (question, answer) identity as the acceptance rule compares them."""
+    return pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR)
+
+
+def text_hashes(texts: pl.DataFrame) -> pl.Series:
+    """The 64-bit hash of each row's joined question and answer (what `codes_of_text_hashes` takes)."""
+    return texts.select(_joined_texts().hash(seed=0)).to_series()
+
+
+def codes_of_text_hashes(
+    hashes: pl.Series, texts_of: Callable[[np.ndarray], pl.DataFrame]
+) -> np.ndarray:
+    """`text_codes` from the rows' `text_hashes`: only the rows whose hash another row has are
+    joined together (texts_of(rows): their question and answer) and compared, so they are exact."""
+    codes = np.arange(hashes.len(), dtype=np.int64)
+    shared = np.flatnonzero(hashes.is_duplicated().to_numpy())
+    if shared.size:
+        joined = texts_of(shared).select(_joined_texts()).to_series()
+        codes[shared] = shared[_series_codes(joined)]
+    return codes
+
+
 def text_codes(qa: pl.DataFrame) -> np.ndarray:
     """Per QA, the first row with the same (question, answer) identity (as the acceptance rule
     tells pairs apart: joined with TEXT_KEY_SEPARATOR).
@@ -207,20 +230,15 @@ def text_codes(qa: pl.DataFrame) -> np.ndarray:
     The joined texts are hashed a chunk at a time; only rows that share a hash are joined
     together and compared, so the pool's joined texts are never all in memory.
     """
-    joined = pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR)
+    texts = qa.select("question", "answer")
     hashes = pl.concat(
         [
-            qa.slice(i, TEXT_CODE_CHUNK_ROWS).select(joined.hash(seed=0)).to_series()
+            text_hashes(texts.slice(i, TEXT_CODE_CHUNK_ROWS))
             for i in range(0, qa.height, TEXT_CODE_CHUNK_ROWS)
         ]
         or [pl.Series(dtype=pl.UInt64)]
     )
-    codes = np.arange(qa.height, dtype=np.int64)
-    shared = np.flatnonzero(hashes.is_duplicated().to_numpy())
-    if shared.size:  # exact codes among the rows whose hash another row has
-        texts = qa.select("question", "answer")[pl.Series(shared)].select(joined).to_series()
-        codes[shared] = shared[_series_codes(texts)]
-    return codes
+    return codes_of_text_hashes(hashes, lambda rows: texts[pl.Series(rows)])
 
 
 def score_inputs(
@@ -689,11 +707,7 @@ def _row_attrs(
     has_texts = "question" in qa.columns  # else the identities kept with the table (`text_codes`)
     texts = ["question", "answer"] if has_texts else [TEXT_CODE]
     cols = ["qa_uid", *texts, "bucket", "video_uid", "temporal_category"]
-    text = (
-        pl.concat_str([pl.col("question"), pl.col("answer")], separator=TEXT_KEY_SEPARATOR)
-        if has_texts
-        else pl.col(TEXT_CODE)
-    )
+    text = _joined_texts() if has_texts else pl.col(TEXT_CODE)
     sub = qa.select(*cols, "source_group")[pl.Series(rows)].select(
         "qa_uid",
         text=text,

@@ -372,3 +372,81 @@ def test_an_entry_without_text_codes_is_read_with_its_texts(tmp_path):
     hit = C.cached_read_pool(ov, vv, cache_dir=cache, texts_on_disk=True, target_frames=8)
     assert hit.status == "hit" and hit.texts is None
     assert hit.result.qa.equals(stored.result.qa)
+
+
+def _leftovers(cache: Path) -> list[str]:
+    """Temporary folders left in the cache folder."""
+    return sorted(p.name for p in cache.iterdir() if p.name.startswith("."))
+
+
+def test_a_low_memory_build_writes_the_same_files(tmp_path, monkeypatch):
+    """low_memory: the pool files parsed one at a time with their texts written into the new entry
+    as they are parsed; the files equal a default build's, cold and warm, in either order."""
+    monkeypatch.setattr(C, "TEXT_BATCH_ROWS", 16)  # texts in many record batches
+    ov, vv = _pool(tmp_path / "pool")
+    qa = {"images": ["i/odd.jpg"], "messages": [{"role": "user", "content": "<image>\nWhy?"}]}
+    qa["messages"].append({"role": "assistant", "content": "red"})
+    odd = '{"id": "o", "id": "odd", ' + json.dumps(qa)[1:]  # a repeated key: the exact path
+    ov.write_text(odd + "\n" + ov.read_text())  # whose rows are read after the others
+    metrics = _metrics(tmp_path, ov, vv)
+    settings = {"progress": False, "target_count": 20, "metrics": metrics}
+    run = lambda name, folder, **kw: BLD.build_subsets(
+        "temp", ov, vv, tmp_path / name, cache_dir=folder, **settings, **kw
+    ).parse_cache["status"]
+    assert run("off", None, cache=False) == "off"
+    lean, plain = tmp_path / "lean", tmp_path / "plain"
+    assert [run("lean_cold", lean, low_memory=True), run("lean_warm", lean, low_memory=True)] == [
+        "miss",
+        "hit",
+    ]
+    assert run("plain_hit", lean) == "hit"  # a default build on the low-memory build's entry
+    assert [run("plain_cold", plain), run("lean_hit", plain, low_memory=True)] == ["miss", "hit"]
+    expected = _files(tmp_path / "off")
+    for name in ("lean_cold", "lean_warm", "plain_hit", "plain_cold", "lean_hit"):
+        assert _files(tmp_path / name) == expected, name
+    assert _leftovers(lean) == _leftovers(plain) == []
+    # the entry keeps where each QA's texts are, and the columns a parse in memory gives
+    (entry,) = [p for p in lean.iterdir() if p.is_dir() and not p.name.startswith("metrics-")]
+    order = pl.read_parquet(entry / "qa.parquet")[C.TEXT_ROW].to_numpy()
+    assert (order != np.arange(order.size)).any()  # the odd row's texts came last
+    kept = C._load(entry, texts_on_disk=False)[0].qa
+    (other,) = [p for p in plain.iterdir() if p.is_dir() and not p.name.startswith("metrics-")]
+    assert kept.equals(C._load(other, texts_on_disk=False)[0].qa)
+
+
+def test_texts_written_while_parsing_outlive_their_temporary_folder(tmp_path):
+    """A miss's texts are read through the open file: after the store moved the folder into place,
+    and after a miss that was never stored removed it on close."""
+    ov, vv = _pool(tmp_path / "pool")
+    plain = C.cached_read_pool(ov, vv, cache_dir=None).result.qa.select("question", "answer")
+    rows = np.array([7, 0, 7, len(plain) - 1])
+    cache = tmp_path / "stored"
+    stored = C.cached_read_pool(ov, vv, cache_dir=cache, texts_on_disk=True, parse_to_disk=True)
+    assert stored.status == "miss" and _leftovers(cache) == []  # stored: moved into place
+    assert stored.texts.take(rows).equals(plain[rows.tolist()])
+    stored.close()
+    cache, stores = tmp_path / "unstored", []
+    unstored = C.cached_read_pool(
+        ov, vv, cache_dir=cache, defer_store=stores.append, texts_on_disk=True, parse_to_disk=True
+    )
+    assert len(stores) == 1 and len(_leftovers(cache)) == 1
+    unstored.close()  # a build that failed before its store ran
+    assert list(cache.iterdir()) == []
+
+
+def test_a_cache_folder_that_fills_while_parsing_falls_back_to_texts_in_memory(
+    tmp_path, monkeypatch
+):
+    ov, vv = _pool(tmp_path / "pool")
+    cache = tmp_path / "cache"
+
+    def full(self, final):
+        self.error = OSError(28, "No space left on device")
+        raise self.error
+
+    monkeypatch.setattr(C.TextSpill, "_write", full)
+    monkeypatch.setattr(C, "TEXT_BATCH_ROWS", 4)  # the first part fills a batch
+    spilled = C.cached_read_pool(ov, vv, cache_dir=cache, texts_on_disk=True, parse_to_disk=True)
+    plain = C.cached_read_pool(ov, vv, cache_dir=None)
+    assert spilled.texts is None and spilled.result.qa.equals(plain.result.qa)
+    assert _leftovers(cache) == []

@@ -451,3 +451,50 @@ def test_known_differences_of_the_fast_path(tmp_path):
     assert fast.qa["qa_uid"].to_list() == ["ov::x1::t0", "ov::x2::t0", "ov::x3::t0"]
     assert exact.qa.height == 0
     assert exact.rejects["reason"].to_list() == ["bad_json"] * 3
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_spilled_texts_come_back_row_for_row(tmp_path, monkeypatch, fast):
+    """read_pool(spill_texts=TextSpill): the table without its texts, each row pointing at its
+    texts in the file (fast blocks, exact-path rows sorted in, an empty file, a JSON array file),
+    with the hashes, answer counts and codes the in-memory table gives."""
+    from gdo_core import pool_cache as C
+    from gdo_core import select as S
+    from gdo_core.candidate_score import distinct_answer_tokens
+
+    monkeypatch.setattr(F, "BLOCK_BYTES", 512)  # many blocks, parts from both files interleaved
+    monkeypatch.setattr(C, "TEXT_BATCH_ROWS", 5)  # parts that straddle record batches
+    rng = random.Random(12)
+    ov = _write(tmp_path / "ov.jsonl", _lines(COMMON * 3 + ODD, rng, RAW_ODD))
+    vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 20) + ODD[:4], rng, RAW_ODD[:3]))
+    empty = _write(tmp_path / "empty.jsonl", [])
+    array = tmp_path / "arr.json"
+    array.write_text(json.dumps(COMMON * 2))
+    for n, (image, video) in enumerate(((ov, vv), ([ov, array], empty), (empty, None))):
+        options = {"fast": fast, "workers": 1, "row_frames": True, "categorical": True}
+        plain = P.read_pool(image, video, **options)
+        spill = C.TextSpill(tmp_path / f"text{n}.arrow")
+        spilled = P.read_pool(image, video, spill_texts=spill, **options)
+        order = spilled.qa[C.TEXT_ROW].to_numpy()
+        texts = spill.close(order)
+        assert sorted(order.tolist()) == list(range(plain.qa.height)) == list(range(texts.rows))
+        if fast and n == 0:  # parts of both files interleaved, exact-path rows sorted in last
+            assert (order != np.arange(order.size)).any()
+        kept = spilled.qa.drop(C.TEXT_ROW, C.TEXT_HASH, S.ANSWER_DISTINCT)
+        assert kept.equals(plain.qa.drop("question", "answer"))
+        assert spilled.frames.equals(plain.frames) and spilled.rejects.equals(plain.rejects)
+        assert texts.read().equals(plain.qa.select("question", "answer"))
+        rows = np.array(
+            [rng.randrange(plain.qa.height) for _ in range(9)] if plain.qa.height else []
+        )
+        assert texts.take(rows).equals(plain.qa.select("question", "answer")[rows.tolist()])
+        answers, lengths = plain.qa["answer"], plain.qa["answer_len"].to_numpy()
+        assert (
+            spilled.qa[S.ANSWER_DISTINCT].to_list()
+            == distinct_answer_tokens(answers, lengths).tolist()
+        )
+        assert spilled.qa[C.TEXT_HASH].equals(S.text_hashes(plain.qa), check_names=False)
+        codes = S.codes_of_text_hashes(spilled.qa[C.TEXT_HASH], texts.take)
+        assert codes.tolist() == S.text_codes(plain.qa).tolist()
+        texts.source.close()
+    assert plain.qa.height == 0  # the last pair: an empty file alone
