@@ -5,8 +5,10 @@ polars' jemalloc keeps freed pages for up to 1.5 s by default (`dirty_decay_ms:5
 `gdo build` turns the muzzy second off (`prefer_prompt_release`), which cost no measurable time.
 glibc's malloc, once a large block has been freed, serves later large blocks from heaps that it
 seldom trims; `gdo build --low-memory` (`prefer_low_memory`) also shortens the dirty time and fixes
-glibc's mmap threshold, for a lower peak at some cost in time. `benchmarks/build.py` builds the
-same way; the output bytes are the same. README.md ("Memory") gives the measured effect.
+glibc's mmap threshold, for a lower peak at some cost in time (and builds with
+`build.build_subsets(low_memory=True)`: one pool file parsed at a time, texts kept on disk).
+`benchmarks/build.py` builds the same way; the output bytes are the same. README.md ("Memory")
+gives the measured effect.
 """
 
 from __future__ import annotations

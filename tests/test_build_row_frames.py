@@ -112,8 +112,9 @@ def test_gather_chunked_equals_gather_across_chunks_nulls_and_repeats():
 
 
 def test_slice_rows_splits_a_file_into_bounded_slices(monkeypatch):
-    assert BLD.slice_rows(41_400) == 5_175  # 230k QAs' Uni file: 8 slices
-    assert BLD.slice_rows(160_000) == BLD.OUTPUT_SLICE_ROWS  # a million QAs': 16,384 rows
+    assert BLD.slice_rows(41_400) == 2_588  # 230k QAs' Uni file: 16 slices
+    assert BLD.slice_rows(180_000) == 11_250  # a million QAs': 16 slices too
+    assert BLD.slice_rows(10**6) == BLD.OUTPUT_SLICE_ROWS
     assert BLD.slice_rows(100) == BLD.MIN_OUTPUT_SLICE_ROWS
     monkeypatch.setattr(BLD, "OUTPUT_SLICE_ROWS", 7)
     assert BLD.slice_rows(10**6) == BLD.slice_rows(3) == 7
