@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +55,9 @@ STALE_TMP_SECONDS = 24 * 3600
 _PARTS = ("qa", "rejects")  # Parquet files
 _TEXT_FILE, _TEXT_COLUMNS = "text.arrow", ("question", "answer")
 _TEXT_SCHEMA = pa.schema([(c, pa.large_string()) for c in _TEXT_COLUMNS])
-# QA columns of a parse whose texts went to the text file as they were parsed (`TextSpill`): the
-# row of each QA in the file (kept in the entry) and the hash of its texts (`select.text_hashes`)
-TEXT_ROW, TEXT_HASH = "text_row", "text_hash"
+# QA column of a parse whose texts went to the text file as they were parsed (`TextSpill`), kept
+# in its entry: the row of the file that holds each QA's texts
+TEXT_ROW = "text_row"
 # rows per record batch of the text file (`StoredTexts.take` reads one at a time)
 TEXT_BATCH_ROWS = 65_536
 _FRAMES_FILE = "frames.arrow"
@@ -167,37 +168,42 @@ class StoredTexts:
 
 class TextSpill:
     """Question and answer of QA parts written to a text file (as `_write_texts` writes one) while a
-    parse produces them (`pool.read_pool(spill_texts=...)`): a part comes back with `TEXT_ROW`,
-    `TEXT_HASH` and `select.ANSWER_DISTINCT` instead (the answers are tokenised on the parse's
-    threads). Parts may come from several threads; their rows go in call order."""
+    parse produces them (`pool.read_pool(spill_texts=...)`): a part comes back with `TEXT_ROW`
+    instead. Parts may come from several threads; their rows go in call order. A worker thread
+    hashes the texts (`select.text_hashes`), counts the answers' tokens and writes the rows, beside
+    the parse; `close` waits for it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows = 0
         self.error: OSError | None = None  # the write that failed, if one did
         self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(1)  # one thread: parts are written in submission order
+        self._done: list[Future[tuple[pl.Series, np.ndarray]]] = []
         self._pending: list[pa.Table] = []  # rows not yet written: less than a batch
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = ipc.new_file(self._sink, _TEXT_SCHEMA)
 
     def __call__(self, part: pl.DataFrame) -> pl.DataFrame:
-        """The part with its texts written out."""
-        texts = part.select(_TEXT_COLUMNS)
-        hashes = text_hashes(texts)
-        counts = distinct_answer_tokens(texts["answer"], part["answer_len"].to_numpy())
-        table = texts.to_arrow(compat_level=pl.CompatLevel.oldest())  # copied out of the part
+        """The part with its texts handed to the worker."""
+        texts, answer_len = part.select(_TEXT_COLUMNS), part["answer_len"].to_numpy()
         with self._lock:
             start = self.rows
             self.rows += part.height
-            self._pending.append(table)
-            if sum(t.num_rows for t in self._pending) >= TEXT_BATCH_ROWS:
-                self._write(final=False)
+            self._done.append(self._worker.submit(self._spill, texts, answer_len))
         rows = pl.int_range(start, start + part.height, dtype=pl.Int64, eager=True)
-        return part.drop(_TEXT_COLUMNS).with_columns(
-            rows.alias(TEXT_ROW),
-            hashes.alias(TEXT_HASH),
-            pl.Series(ANSWER_DISTINCT, counts, dtype=pl.Int32),
-        )
+        return part.drop(_TEXT_COLUMNS).with_columns(rows.alias(TEXT_ROW))
+
+    def _spill(self, texts: pl.DataFrame, answer_len: np.ndarray) -> tuple[pl.Series, np.ndarray]:
+        """(hashes, answer token counts) of a part, whose texts join the pending rows."""
+        if self.error is not None:  # a write failed: the parse is read again without the file
+            return pl.Series(dtype=pl.UInt64), np.zeros(0, dtype=np.int64)
+        hashes = text_hashes(texts)
+        counts = distinct_answer_tokens(texts["answer"], answer_len)
+        self._pending.append(texts.to_arrow(compat_level=pl.CompatLevel.oldest()))
+        if sum(t.num_rows for t in self._pending) >= TEXT_BATCH_ROWS:
+            self._write(final=False)
+        return hashes, counts
 
     def _write(self, final: bool) -> None:
         """Whole batches of the pending rows (and the rest when final) to the file."""
@@ -214,17 +220,24 @@ class TextSpill:
         del table
         pa.default_memory_pool().release_unused()
 
-    def close(self, order: np.ndarray) -> StoredTexts:
-        """Write the rest and close the file; order: per table row, its `TEXT_ROW`."""
-        with self._lock:
-            if self._pending:
-                self._write(final=True)
-            self._writer.close()
-            self._sink.close()
-        return _stored_texts(self.path, self.rows, order)
+    def close(self, order: np.ndarray) -> tuple[StoredTexts, pl.Series, np.ndarray]:
+        """(the texts, and per table row the texts' hash and the answer's token count) once the rest
+        is written and the file closed; order: per table row, its `TEXT_ROW`. A failed write raises
+        its OSError."""
+        self._worker.shutdown(wait=True)
+        parts = [done.result() for done in self._done]
+        if self._pending:
+            self._write(final=True)
+        self._writer.close()
+        self._sink.close()
+        hashes = pl.concat([h for h, _ in parts]) if parts else pl.Series(dtype=pl.UInt64)
+        counts = np.concatenate([c for _, c in parts]) if parts else np.zeros(0, dtype=np.int64)
+        table_order = pl.Series(order)
+        return _stored_texts(self.path, self.rows, order), hashes[table_order], counts[order]
 
     def discard(self) -> None:
         """Close the file without finishing it (a failed parse)."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(OSError, pa.ArrowException):
             self._writer.close()
         self._sink.close()
@@ -400,8 +413,18 @@ def cached_read_pool(
             os.utime(entry)  # newest use first when old entries are dropped
             return CachedPool(loaded[0], "hit", key, loaded[1])
     spill, tmp = _text_spill(entry) if parse_to_disk else (None, None)
+    texts, qa_columns = None, {}
     try:
         result = read(onevision, video, spill_texts=spill)
+        if spill is not None:
+            order = result.qa[TEXT_ROW].to_numpy()
+            texts, hashes, counts = spill.close(order)
+            codes = codes_of_text_hashes(hashes, texts.take)
+            qa = result.qa.drop(TEXT_ROW).with_columns(  # the order of a build's derived columns
+                pl.Series(S.TEXT_CODE, codes), pl.Series(ANSWER_DISTINCT, counts, dtype=pl.Int32)
+            )
+            result = P.PoolResult(qa, result.rejects, result.frames)
+            qa_columns = {TEXT_ROW: pl.Series(TEXT_ROW, order)}
     except OSError:
         if spill is None or spill.error is None:
             raise
@@ -414,17 +437,6 @@ def cached_read_pool(
             spill.discard()
             shutil.rmtree(tmp, ignore_errors=True)  # type: ignore[arg-type]
         raise
-    texts, qa_columns = None, {}
-    if spill is not None:
-        qa = result.qa
-        order = qa[TEXT_ROW].to_numpy()
-        texts = spill.close(order)
-        codes = codes_of_text_hashes(qa[TEXT_HASH], texts.take)
-        qa = qa.drop(TEXT_ROW, TEXT_HASH, ANSWER_DISTINCT).with_columns(  # a build's derived order
-            pl.Series(S.TEXT_CODE, codes), qa[ANSWER_DISTINCT]
-        )
-        result = P.PoolResult(qa, result.rejects, result.frames)
-        qa_columns = {TEXT_ROW: pl.Series(TEXT_ROW, order)}
     if cache_key(files, options) != key:  # a file changed while it was read: do not store
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)  # (the open text file can still be read)
