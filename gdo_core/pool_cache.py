@@ -425,18 +425,17 @@ def cached_read_pool(
             )
             result = P.PoolResult(qa, result.rejects, result.frames)
             qa_columns = {TEXT_ROW: pl.Series(TEXT_ROW, order)}
-    except OSError:
-        if spill is None or spill.error is None:
+    except BaseException as exc:
+        if spill is None:
             raise
-        spill.discard()  # the cache folder is full: parse again, holding the texts
+        spill.discard()
+        if texts is not None:
+            texts.source.close()
         shutil.rmtree(tmp, ignore_errors=True)  # type: ignore[arg-type]
-        result = read(onevision, video)
-        spill = tmp = None
-    except BaseException:
-        if spill is not None:
-            spill.discard()
-            shutil.rmtree(tmp, ignore_errors=True)  # type: ignore[arg-type]
-        raise
+        if not (isinstance(exc, OSError) and spill.error is not None):
+            raise
+        # the cache folder filled up: parse again, holding the texts
+        result, spill, tmp, texts, qa_columns = read(onevision, video), None, None, None, {}
     if cache_key(files, options) != key:  # a file changed while it was read: do not store
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)  # (the open text file can still be read)
