@@ -313,13 +313,12 @@ def _load(entry: Path, texts_on_disk: bool) -> tuple[P.PoolResult, StoredTexts |
         columns = json.loads((entry / "columns.json").read_text())
         order = qa[TEXT_ROW].to_numpy() if TEXT_ROW in qa.columns else None
         qa = qa.drop(TEXT_ROW, strict=False)
+        texts = _stored_texts(entry / _TEXT_FILE, qa.height, order)
         if texts_on_disk:
-            texts = _stored_texts(entry / _TEXT_FILE, qa.height, order)
             qa = P.few_chunks(qa.select(c for c in columns if c not in _TEXT_COLUMNS))
             return P.PoolResult(qa, rejects, frames), texts
-        text = pl.read_ipc(entry / _TEXT_FILE)
-        text = text if order is None else text[pl.Series(order)]
-        qa = P.few_chunks(pl.concat([qa, text], how="horizontal").select(columns))
+        with texts.source:
+            qa = P.few_chunks(pl.concat([qa, texts.read()], how="horizontal").select(columns))
     except (OSError, ValueError, pa.ArrowException, pl.exceptions.PolarsError):
         return None  # a missing or damaged entry: parse again
     return P.PoolResult(qa, rejects, frames), None
