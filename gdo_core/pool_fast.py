@@ -116,9 +116,14 @@ def _read_blocks(path: Path) -> Iterator[memoryview]:
 
 
 def _newlines(block: memoryview, step: int = 2**20) -> np.ndarray:
-    """Offsets of the block's newlines, found `step` bytes at a time (no block-sized temporary array)."""
+    """Offsets of the block's newlines, found `step` bytes at a time in one reused flag array (no
+    block-sized one, and no fresh one per step to page-fault)."""
     view = np.frombuffer(block, dtype=np.uint8)
-    parts = [np.flatnonzero(view[i : i + step] == _NEWLINE) + i for i in range(0, view.size, step)]
+    flags = np.empty(min(step, view.size), dtype=bool)
+    parts = []
+    for i in range(0, view.size, step):
+        part = view[i : i + step]
+        parts.append(np.flatnonzero(np.equal(part, _NEWLINE, out=flags[: part.size])) + i)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
