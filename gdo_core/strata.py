@@ -219,7 +219,7 @@ def _token_counts_of(texts: pl.Series, scratch: _ByteScratch | None = None) -> n
     starts[text_starts] = is_token[text_starts]  # the first byte of a text follows no token byte
     counts = np.zeros(len(array), dtype=np.int32)
     # each non-empty text's bytes run up to the next non-empty text's first byte
-    counts[nonempty] = np.add.reduceat(starts, text_starts, dtype=np.int64)
+    counts[nonempty] = np.add.reduceat(starts.view(np.uint8), text_starts, dtype=np.int32)
     return counts
 
 
