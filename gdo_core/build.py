@@ -728,23 +728,21 @@ def build_from_pool(
     gdo_name, uni_name = output_names(frames)
     texts_of = None
     if texts is not None and "question" not in result.qa.columns:
-        # the texts of both arms' rows, read in one pass over the text file
-        written = np.unique(np.concatenate([result.gdo.rows, result.uni_rows]).astype(np.int64))
-        taken = texts.take(written)
-
-        def texts_of(rows: np.ndarray) -> pl.DataFrame:
-            return taken[pl.Series(np.searchsorted(written, rows))]
-
+        texts_of = texts.take  # each arm's texts, read in its order on its own thread
     members_path = out / "subset_members.parquet"
+    members = members_table(prof.name, result)
+    gdo_stages = result.gdo.stages
 
-    def slices(rows: Sequence[int], stages: Sequence[str] | None) -> Iterator[pl.DataFrame]:
-        # SFT rows built a slice at a time from the rows gathered once (one gather per column,
-        # as the QA table may be in many chunks): one slice's SFT rows, and frame lists (the
-        # bulk of a row, gathered a slice at a time), are in memory at once.
-        selected, scores, at = _selected_rows(result, rows, row_frames, texts_of)
-        size = slice_rows(len(rows))
-        for i in range(0, len(rows), size):
-            n = min(size, len(rows) - i)
+    def slices(
+        arm: tuple[pl.DataFrame, pl.DataFrame, pl.Series | None], stages: Sequence[str] | None
+    ) -> Iterator[pl.DataFrame]:
+        # SFT rows built a slice at a time from an arm's rows gathered once (one gather per
+        # column, as the QA table may be in many chunks): one slice's SFT rows, and frame lists
+        # (the bulk of a row, gathered a slice at a time), are in memory at once.
+        selected, scores, at = arm
+        size = slice_rows(selected.height)
+        for i in range(0, selected.height, size):
+            n = min(size, selected.height - i)
             part = selected.slice(i, n)
             if at is not None and row_frames is not None:
                 part = part.with_columns(gather_chunked(row_frames["frames"], at.slice(i, n)))
@@ -756,23 +754,29 @@ def build_from_pool(
                 mode=mode,
             )
 
-    def write_uni() -> None:
-        _write_ndjson_atomic(slices(result.uni_rows, None), out / uni_name)
-
-    def write_gdo_and_members() -> pl.DataFrame:
-        _write_ndjson_atomic(slices(result.gdo.rows, result.gdo.stages), out / gdo_name)
-        members = members_table(prof.name, result)
-        with _atomic(members_path) as tmp:
-            members.write_parquet(tmp, statistics=True)
-        return members
-
-    # The Uni-10x file is the long one: the GDO file and the members table are written beside it.
+    # Each arm's rows are gathered (on its own thread), then the selection's score terms of every
+    # row are let go before the files are written: the Uni-10x file is the long one, and the GDO
+    # file and the members table are written beside it.
     with ThreadPoolExecutor(2) as writers:
+        uni_rows = writers.submit(_selected_rows, result, result.uni_rows, row_frames, texts_of)
+        gdo_rows = writers.submit(_selected_rows, result, result.gdo.rows, row_frames, texts_of)
+        uni_arm, gdo_arm = uni_rows.result(), gdo_rows.result()
+        selection_report = result.report
+        del result, uni_rows, gdo_rows
+
+        def write_uni() -> None:
+            _write_ndjson_atomic(slices(uni_arm, None), out / uni_name)
+
+        def write_gdo_and_members() -> None:
+            _write_ndjson_atomic(slices(gdo_arm, gdo_stages), out / gdo_name)
+            with _atomic(members_path) as tmp:
+                members.write_parquet(tmp, statistics=True)
+
         uni_done = writers.submit(write_uni)
-        members = writers.submit(write_gdo_and_members).result()
+        writers.submit(write_gdo_and_members).result()
         uni_done.result()
     report = {
-        **result.report,
+        **selection_report,
         "target_frames": frames,
         "max_qa_per_video": prof.max_qa_per_video,
         "outputs": {"gdo_1x": gdo_name, "uni_10x": uni_name, "members": members_path.name},
