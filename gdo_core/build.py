@@ -610,20 +610,14 @@ def gather_chunked(column: pl.Series, rows: pl.Series) -> pl.Series:
 
 
 def _selected_rows(
-    result: SelectionResult,
-    rows: Sequence[int],
-    row_frames: pl.DataFrame | None,
-    texts: Callable[[np.ndarray], pl.DataFrame] | None = None,
+    result: SelectionResult, rows: Sequence[int], row_frames: pl.DataFrame | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series | None]:
     """(QA columns the SFT rows need, score terms, row of row_frames per row) of the selected rows
-    in their order; the third is None when the QA table has its own frame lists. texts: question
-    and answer of given rows, when the QA table has none."""
+    in their order; the third is None when the QA table has its own frame lists."""
     idx = pl.Series(np.asarray(rows, dtype=np.int64))
     keys = ["source_file", "line"] if row_frames is not None else []
     columns = [c for c in result.qa.columns if c in SFT_QA_COLUMNS or c == "frames" or c in keys]
     selected = result.qa.select(columns)[idx]
-    if "question" not in selected.columns and texts is not None:
-        selected = pl.concat([selected, texts(idx.to_numpy())], how="horizontal")
     if row_frames is None:
         return selected, result.scores[idx], None
     return selected.drop(keys), result.scores[idx], frame_rows(selected, row_frames)
@@ -728,18 +722,25 @@ def build_from_pool(
     gdo_name, uni_name = output_names(frames)
     texts_of = None
     if texts is not None and "question" not in result.qa.columns:
-        texts_of = texts.take  # each arm's texts, read in its order on its own thread
+        texts_of = texts.take  # each arm's texts, read in its order on its writer thread
     members_path = out / "subset_members.parquet"
     members = members_table(prof.name, result)
+    arm_rows = {"gdo": np.asarray(result.gdo.rows, dtype=np.int64), "uni": np.asarray(result.uni_rows, dtype=np.int64)}
     gdo_stages = result.gdo.stages
+    # The arms' rows are gathered first, and the score terms of every row let go, before their
+    # texts are read and the files written (the Uni-10x file is the long one: the GDO file and
+    # the members table are written beside it).
+    arms = {arm: _selected_rows(result, rows, row_frames) for arm, rows in arm_rows.items()}
+    selection_report = result.report
+    del result
 
-    def slices(
-        arm: tuple[pl.DataFrame, pl.DataFrame, pl.Series | None], stages: Sequence[str] | None
-    ) -> Iterator[pl.DataFrame]:
-        # SFT rows built a slice at a time from an arm's rows gathered once (one gather per
+    def slices(arm: str, stages: Sequence[str] | None) -> Iterator[pl.DataFrame]:
+        # SFT rows built a slice at a time from the arm's rows gathered once (one gather per
         # column, as the QA table may be in many chunks): one slice's SFT rows, and frame lists
         # (the bulk of a row, gathered a slice at a time), are in memory at once.
-        selected, scores, at = arm
+        selected, scores, at = arms.pop(arm)
+        if texts_of is not None:
+            selected = pl.concat([selected, texts_of(arm_rows[arm])], how="horizontal")
         size = slice_rows(selected.height)
         for i in range(0, selected.height, size):
             n = min(size, selected.height - i)
@@ -754,24 +755,15 @@ def build_from_pool(
                 mode=mode,
             )
 
-    # Each arm's rows are gathered (on its own thread), then the selection's score terms of every
-    # row are let go before the files are written: the Uni-10x file is the long one, and the GDO
-    # file and the members table are written beside it.
+    def write_uni() -> None:
+        _write_ndjson_atomic(slices("uni", None), out / uni_name)
+
+    def write_gdo_and_members() -> None:
+        _write_ndjson_atomic(slices("gdo", gdo_stages), out / gdo_name)
+        with _atomic(members_path) as tmp:
+            members.write_parquet(tmp, statistics=True)
+
     with ThreadPoolExecutor(2) as writers:
-        uni_rows = writers.submit(_selected_rows, result, result.uni_rows, row_frames, texts_of)
-        gdo_rows = writers.submit(_selected_rows, result, result.gdo.rows, row_frames, texts_of)
-        uni_arm, gdo_arm = uni_rows.result(), gdo_rows.result()
-        selection_report = result.report
-        del result, uni_rows, gdo_rows
-
-        def write_uni() -> None:
-            _write_ndjson_atomic(slices(uni_arm, None), out / uni_name)
-
-        def write_gdo_and_members() -> None:
-            _write_ndjson_atomic(slices(gdo_arm, gdo_stages), out / gdo_name)
-            with _atomic(members_path) as tmp:
-                members.write_parquet(tmp, statistics=True)
-
         uni_done = writers.submit(write_uni)
         writers.submit(write_gdo_and_members).result()
         uni_done.result()

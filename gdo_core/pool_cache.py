@@ -153,16 +153,19 @@ class StoredTexts:
         unique, inverse = np.unique(rows, return_inverse=True)
         batch_of = unique // TEXT_BATCH_ROWS
         memory = pa.default_memory_pool()
-        # read, not mapped (a mapped page counts as resident), a batch's pages handed back after it
+        # read, not mapped (a mapped page counts as resident), a batch's pages handed back after
+        # it; each batch's taken rows go to polars at once (one copy of them held, then the gather)
         reader = self._batches()
         parts = []
         for b in np.unique(batch_of).tolist():
             lo, hi = np.searchsorted(batch_of, [b, b + 1])
             local = _arrow(unique[lo:hi] - b * TEXT_BATCH_ROWS)  # (not pa.array: pandas)
-            parts.append(reader.get_batch(b).take(local))
+            part = pl.from_arrow(reader.get_batch(b).take(local))
+            assert isinstance(part, pl.DataFrame)
+            parts.append(part)
             memory.release_unused()
-        taken = pl.from_arrow(pa.Table.from_batches(parts))
-        assert isinstance(taken, pl.DataFrame)
+        taken = pl.concat(parts, rechunk=False)
+        del parts
         return taken[pl.Series(inverse.reshape(-1))]
 
 
