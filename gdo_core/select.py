@@ -22,7 +22,7 @@ import re
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,7 +386,8 @@ def published_draws(n_rows: int, reservoir_cap: int, seed: int) -> Draws:
 
     The rows' draws are read from the raw 32-bit Mersenne Twister words that random() (two words)
     and getrandbits(k <= 32) (one word) consume; only randint's rejection sampling walks them in
-    Python. The generator then skips the words used and shuffles the reservoir itself.
+    Python. The generator then skips the words used and shuffles the reservoir itself. Arrays are
+    built in place, 32-bit where the values allow (a million rows: ~40 MB at most, not ~110).
     """
     rng = random.Random(seed)
     fill = min(reservoir_cap, n_rows)
@@ -405,53 +406,83 @@ def published_draws(n_rows: int, reservoir_cap: int, seed: int) -> Draws:
             rng.setstate(state)
             n_words *= 2
     w = np.frombuffer(words, dtype=np.uint32)
-    accept = np.asarray(accept_at, dtype=np.int64)
+    accept = np.frombuffer(accept_at, dtype=np.int64) if accept_at else np.zeros(0, dtype=np.int64)
     # random() of row i reads two words: 2i while the reservoir fills, then right after row i-1's randint.
-    tie_at = np.concatenate([np.arange(fill, dtype=np.int64) * 2, [2 * fill], accept[:-1] + 1])
-    high, low = w[tie_at].astype(np.int64) >> 5, w[tie_at + 1].astype(np.int64) >> 6
-    tie = (high * 67108864.0 + low) * (1.0 / 9007199254740992.0)
-    seen = np.arange(fill + 1, n_rows + 1, dtype=np.int64)
-    slot = w[accept].astype(np.int64) >> (32 - _bit_length(seen))  # randint(1, seen) - 1
-    hit = np.nonzero(slot < reservoir_cap)[0]
+    tie_at = np.empty(fill + max(accept.size, 1), dtype=np.int64)
+    tie_at[:fill] = np.arange(0, 2 * fill, 2, dtype=np.int64)
+    tie_at[fill] = 2 * fill
+    np.add(accept[:-1], 1, out=tie_at[fill + 1 :])
+    high = w[tie_at]
+    high >>= 5
+    tie = high.astype(np.float64)
+    del high
+    tie *= 67108864.0
+    tie_at += 1
+    low = w[tie_at]
+    del tie_at
+    low >>= 6
+    tie += low  # (high * 2**26 + low) * 2**-53, as random() computes it: every step exact
+    del low
+    tie *= 1.0 / 9007199254740992.0
+    slot = w[accept]  # randint(1, seen) - 1 = the word's top bit_length(seen) bits
+    for start, stop, bits in _bit_length_runs(fill + 1, n_rows + 1):
+        slot[start - fill - 1 : stop - fill - 1] >>= 32 - bits
+    hit = np.flatnonzero(slot < reservoir_cap)
     last = np.full(fill, -1, dtype=np.int64)
     np.maximum.at(last, slot[hit], fill + hit)  # reservoir[slot] = row in scan order: the last wins
+    del slot, hit
     reservoir = np.where(last >= 0, last, np.arange(fill, dtype=np.int64))
     rng.setstate(state)
-    rng.getrandbits(32 * (accept_at[-1] + 1 if accept_at else 2 * fill))  # skip the words used
+    _skip_words(rng, accept_at[-1] + 1 if accept_at else 2 * fill)  # the words used
     uni_order = reservoir.tolist()
     rng.shuffle(uni_order)
     return Draws(tie[:n_rows], reservoir, np.asarray(uni_order, dtype=np.int64))
 
 
-def _bit_length(values: np.ndarray) -> np.ndarray:
-    """int.bit_length of positive integers below 2**32."""
-    return np.searchsorted(1 << np.arange(33, dtype=np.int64), values, side="right")
+def _bit_length_runs(first: int, stop: int) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, bit length) of the runs of first..stop-1 that share int.bit_length."""
+    start = first
+    while start < stop:
+        bits = start.bit_length()
+        end = min(stop, 1 << bits)
+        yield start, end, bits
+        start = end
 
 
 def _expected_words(n_rows: int, fill: int) -> int:
     """Stream words the rows need on average plus a wide margin (more are drawn if it runs short)."""
-    seen = np.arange(fill + 1, n_rows + 1, dtype=np.int64)
-    p = seen / (1 << _bit_length(seen)).astype(np.float64)  # acceptance of one getrandbits(k)
-    mean = float((1.0 / p).sum()) + 2 * n_rows
-    sd = math.sqrt(float(((1.0 - p) / (p * p)).sum()))
-    return int(mean + 10 * sd) + 64
+    mean, var = 2.0 * n_rows, 0.0
+    for start, stop, bits in _bit_length_runs(fill + 1, n_rows + 1):
+        p = np.arange(start, stop, dtype=np.float64) / float(1 << bits)  # acceptance of one getrandbits(k)
+        mean += float((1.0 / p).sum())
+        var += float(((1.0 - p) / (p * p)).sum())
+    return int(mean + 10 * math.sqrt(var)) + 64
 
 
 _U32 = next(code for code in "IL" if array(code).itemsize == 4)
+_WORDS_PER_CALL = 2**16  # getrandbits(32 * n) in pieces: no n-word integer and bytes at once
 
 
 def _mt_words(rng: random.Random, n: int) -> array:
     """The next n raw 32-bit outputs of the generator (getrandbits fills from the low word up)."""
     words = array(_U32)
-    words.frombytes(rng.getrandbits(32 * n).to_bytes(4 * n, "little"))
+    for start in range(0, n, _WORDS_PER_CALL):
+        m = min(_WORDS_PER_CALL, n - start)
+        words.frombytes(rng.getrandbits(32 * m).to_bytes(4 * m, "little"))
     if sys.byteorder != "little":
         words.byteswap()
     return words
 
 
-def _reservoir_accepts(words: array, n_rows: int, fill: int) -> list[int]:
+def _skip_words(rng: random.Random, n: int) -> None:
+    """Advance the generator by n 32-bit outputs."""
+    for start in range(0, n, _WORDS_PER_CALL):
+        rng.getrandbits(32 * min(_WORDS_PER_CALL, n - start))
+
+
+def _reservoir_accepts(words: array, n_rows: int, fill: int) -> array:
     """Word index of each accepted randint(1, seen) draw, rows fill..n-1 (after each row's random())."""
-    out: list[int] = []
+    out = array("q")
     append = out.append
     pos = 2 * fill  # first word after the random() calls of the rows that fill the reservoir
     k = (fill + 1).bit_length()
