@@ -1185,15 +1185,38 @@ def _metric_match(qa: pl.DataFrame, prepared: PreparedMetrics) -> np.ndarray:
         and uids.equals(metric_uids, check_names=False)
     ):  # metrics in the pool's order, one row per QA: no join (at 1M QAs ~0.4 s and ~170 MB less)
         return np.arange(qa.height, dtype=np.int64)
-    # An unordered inner join (parallel) scattered back by QA row: at most one match per row.
+    # An unordered inner join (parallel) scattered back by QA row: at most one match per row. It
+    # joins the uids' 64-bit hashes (at 230k QAs ~30 MB less than joining the strings), then
+    # checks each matched pair's strings; a hash shared by different uids joins the strings.
     pairs = (
-        qa.select("qa_uid")
+        uids.hash(seed=0)
+        .to_frame("key")
         .with_row_index("qa_row")
-        .join(prepared.uids.with_row_index("match"), on="qa_uid", how="inner")
+        .join(metric_uids.hash(seed=0).to_frame("key").with_row_index("match"), on="key", how="inner")
+        .drop("key")
     )
+    if not _same_strings(uids, metric_uids, pairs):
+        pairs = (
+            qa.select("qa_uid")
+            .with_row_index("qa_row")
+            .join(prepared.uids.with_row_index("match"), on="qa_uid", how="inner")
+        )
     match = np.full(qa.height, -1, dtype=np.int64)
     match[pairs["qa_row"].to_numpy()] = pairs["match"].to_numpy()
     return match
+
+
+def _same_strings(left: pl.Series, right: pl.Series, pairs: pl.DataFrame, chunk: int = 2**16) -> bool:
+    """Whether every (qa_row, match) pair holds equal non-null strings, each qa_row once (compared
+    `chunk` pairs at a time)."""
+    if pairs["qa_row"].n_unique() != pairs.height:
+        return False
+    for start in range(0, pairs.height, chunk):
+        part = pairs.slice(start, chunk)
+        a, b = left.gather(part["qa_row"]), right.gather(part["match"])
+        if a.null_count() or b.null_count() or not a.equals(b, check_names=False):
+            return False
+    return True
 
 
 def _metric_terms(

@@ -52,6 +52,26 @@ def test_prepared_metrics_take_the_last_row_of_a_repeated_qa_uid(mode):
     np.testing.assert_array_equal(prepared.quality, quality)
 
 
+def _string_join_match(qa_uids: list, metric_uids: list) -> list[int]:
+    """Per QA uid, its row among the metric uids (-1: none; a null matches nothing)."""
+    at = {u: i for i, u in enumerate(metric_uids)}
+    return [at.get(u, -1) if u is not None else -1 for u in qa_uids]
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_metric_match_joins_uid_hashes_and_falls_back_to_the_strings(monkeypatch, collide):
+    rng = np.random.default_rng(3)
+    metric_uids = [f"q{i}" for i in rng.permutation(3000)]
+    qa_uids = [f"q{i}" for i in range(0, 4000, 2)] + [None, "q10"]  # some missing; a null; a repeat
+    if collide:  # a hash shared by many uids: matched pairs whose strings differ
+        monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0: self.str.len_bytes().cast(pl.UInt64))
+    prepared = S.PreparedMetrics(
+        "default", len(metric_uids), pl.DataFrame({"qa_uid": metric_uids}), {}, np.zeros(3000), np.zeros(3000)
+    )
+    match = S._metric_match(pl.DataFrame({"qa_uid": qa_uids}, schema={"qa_uid": pl.String}), prepared)
+    assert match.tolist() == _string_join_match(qa_uids, metric_uids)
+
+
 def test_prepared_metrics_must_match_the_mode():
     qa = make_qa()
     prepared = S.prepare_metrics(make_metrics(qa), "default")
