@@ -36,6 +36,7 @@ from gdo_core.pool_cache import (
     keep_newest,
     writing_entry,
 )
+from gdo_core.pool_fast import LOW_MEMORY_BLOCK_BYTES
 from gdo_core.profiles import GoalProfile, load_profile
 from gdo_core.schema import (
     BUCKET_IMAGE,
@@ -725,7 +726,10 @@ def build_from_pool(
         texts_of = texts.take  # each arm's texts, read in its order on its writer thread
     members_path = out / "subset_members.parquet"
     members = members_table(prof.name, result)
-    arm_rows = {"gdo": np.asarray(result.gdo.rows, dtype=np.int64), "uni": np.asarray(result.uni_rows, dtype=np.int64)}
+    arm_rows = {
+        "gdo": np.asarray(result.gdo.rows, dtype=np.int64),
+        "uni": np.asarray(result.uni_rows, dtype=np.int64),
+    }
     gdo_stages = result.gdo.stages
     # The arms' rows are gathered first, and the score terms of every row let go, before their
     # texts are read and the files written (the Uni-10x file is the long one: the GDO file and
@@ -838,9 +842,9 @@ def build_subsets(
     cache: keep the parsed pool and the prepared metrics in cache_dir (default
     `pool_cache.default_cache_dir()`), so a later build on the same files skips parsing them
     (`BuildResult.parse_cache` says hit or miss, for the metrics under "metrics").
-    low_memory: parse the pool files one at a time, writing their texts into the new cache entry as
-    they are parsed, then load the metrics: a lower peak (with `memory.prefer_low_memory`, as
-    `gdo build --low-memory` runs), slower. The same files either way.
+    low_memory: parse the pool files one at a time, in smaller blocks, writing their texts into the
+    new cache entry as they are parsed, then load the metrics: a lower peak (with
+    `memory.prefer_low_memory`, as `gdo build --low-memory` runs), slower. Same files either way.
 
     Writes gdo_1x_<frames>f.jsonl, uni_10x_<frames>f.jsonl, report.json, profile.json and
     subset_members.parquet into out_dir. compat="published" reproduces the published build step.
@@ -885,6 +889,7 @@ def build_subsets(
             texts_on_disk=True,
             parse_to_disk=low_memory,
             file_threads=1 if low_memory else None,
+            block_bytes=LOW_MEMORY_BLOCK_BYTES if low_memory else None,
         )
         if low_memory:
             pending = load_metrics_on_side()

@@ -404,7 +404,12 @@ def score_terms(
     # Same operation order as the published per-row sums, so the floats match exactly; the sums
     # run in place (at a million rows each array is 8 MB).
     base = _weighted_sum(
-        [(W_IMAGE_NAT, ppl_term), (W_IMAGE_DIFF, diff), (W_IMAGE_ALIGN, align), (W_IMAGE_PRIOR, prior)]
+        [
+            (W_IMAGE_NAT, ppl_term),
+            (W_IMAGE_DIFF, diff),
+            (W_IMAGE_ALIGN, align),
+            (W_IMAGE_PRIOR, prior),
+        ]
     )
     base_video = _weighted_sum(
         [

@@ -629,6 +629,7 @@ def read_pool(
     categorical: bool = False,
     spill_texts: TextSink | None = None,
     file_threads: int | None = None,
+    block_bytes: int | None = None,
 ) -> PoolResult:
     """Parse whole pool files (image pools first, then video pools) into one PoolResult.
 
@@ -640,6 +641,8 @@ def read_pool(
     every part's question and answer are handed to it as they are parsed, and the columns it returns
     stand in for them (the parse then never holds the pool's texts). file_threads: how many files
     are read side by side (default: one thread per file, up to the CPU count; 1 holds less).
+    block_bytes: how much of a file the fast path parses at a time (default
+    `pool_fast.BLOCK_BYTES`; less holds less). Neither changes the result.
     """
     from gdo_core.pool_fast import parse_file_fast  # pool_fast builds on this module
 
@@ -651,7 +654,12 @@ def read_pool(
         fast_results = list(
             threads.map(
                 lambda f: parse_file_fast(
-                    f, options, row_frames=row_frames, categorical=categorical, spill_texts=spill_texts
+                    f,
+                    options,
+                    row_frames=row_frames,
+                    categorical=categorical,
+                    spill_texts=spill_texts,
+                    block_bytes=block_bytes,
                 )
                 if fast
                 else None,

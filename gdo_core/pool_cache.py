@@ -391,6 +391,7 @@ def cached_read_pool(
     texts_on_disk: bool = False,
     parse_to_disk: bool = False,
     file_threads: int | None = None,
+    block_bytes: int | None = None,
     **options: object,
 ) -> CachedPool:
     """`pool.read_pool(onevision, video, row_frames=True, **options)` through the cache in cache_dir.
@@ -401,9 +402,11 @@ def cached_read_pool(
     holds `schema.TEXT_CODE` (a build's entries do); the QA table then has no such columns.
     parse_to_disk: so does a miss, with the new entry's text file, written while the pool is parsed
     (`TextSpill`): the parse never holds the pool's texts, at some cost in time.
-    file_threads: see `pool.read_pool` (not part of the key: the result is the same).
+    file_threads, block_bytes: see `pool.read_pool` (not part of the key: the result is the same).
     """
-    read = functools.partial(P.read_pool, row_frames=True, file_threads=file_threads, **options)
+    read = functools.partial(
+        P.read_pool, row_frames=True, file_threads=file_threads, block_bytes=block_bytes, **options
+    )
     if cache_dir is None:
         return CachedPool(read(onevision, video), "off")
     files = P.pool_files(onevision, video)

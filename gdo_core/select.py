@@ -453,7 +453,8 @@ def _expected_words(n_rows: int, fill: int) -> int:
     """Stream words the rows need on average plus a wide margin (more are drawn if it runs short)."""
     mean, var = 2.0 * n_rows, 0.0
     for start, stop, bits in _bit_length_runs(fill + 1, n_rows + 1):
-        p = np.arange(start, stop, dtype=np.float64) / float(1 << bits)  # acceptance of one getrandbits(k)
+        # acceptance of one getrandbits(bits) draw
+        p = np.arange(start, stop, dtype=np.float64) / float(1 << bits)
         mean += float((1.0 / p).sum())
         var += float(((1.0 - p) / (p * p)).sum())
     return int(mean + 10 * math.sqrt(var)) + 64
@@ -1192,7 +1193,9 @@ def _metric_match(qa: pl.DataFrame, prepared: PreparedMetrics) -> np.ndarray:
         uids.hash(seed=0)
         .to_frame("key")
         .with_row_index("qa_row")
-        .join(metric_uids.hash(seed=0).to_frame("key").with_row_index("match"), on="key", how="inner")
+        .join(
+            metric_uids.hash(seed=0).to_frame("key").with_row_index("match"), on="key", how="inner"
+        )
         .drop("key")
     )
     if not _same_strings(uids, metric_uids, pairs):
@@ -1206,7 +1209,9 @@ def _metric_match(qa: pl.DataFrame, prepared: PreparedMetrics) -> np.ndarray:
     return match
 
 
-def _same_strings(left: pl.Series, right: pl.Series, pairs: pl.DataFrame, chunk: int = 2**16) -> bool:
+def _same_strings(
+    left: pl.Series, right: pl.Series, pairs: pl.DataFrame, chunk: int = 2**16
+) -> bool:
     """Whether every (qa_row, match) pair holds equal non-null strings, each qa_row once (compared
     `chunk` pairs at a time)."""
     if pairs["qa_row"].n_unique() != pairs.height:

@@ -64,11 +64,12 @@ def test_metric_match_joins_uid_hashes_and_falls_back_to_the_strings(monkeypatch
     metric_uids = [f"q{i}" for i in rng.permutation(3000)]
     qa_uids = [f"q{i}" for i in range(0, 4000, 2)] + [None, "q10"]  # some missing; a null; a repeat
     if collide:  # a hash shared by many uids: matched pairs whose strings differ
-        monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0: self.str.len_bytes().cast(pl.UInt64))
-    prepared = S.PreparedMetrics(
-        "default", len(metric_uids), pl.DataFrame({"qa_uid": metric_uids}), {}, np.zeros(3000), np.zeros(3000)
-    )
-    match = S._metric_match(pl.DataFrame({"qa_uid": qa_uids}, schema={"qa_uid": pl.String}), prepared)
+        by_length = lambda self, seed=0: self.str.len_bytes().cast(pl.UInt64)
+        monkeypatch.setattr(pl.Series, "hash", by_length)
+    uids = pl.DataFrame({"qa_uid": metric_uids})
+    prepared = S.PreparedMetrics("default", 3000, uids, {}, np.zeros(3000), np.zeros(3000))
+    qa = pl.DataFrame({"qa_uid": qa_uids}, schema={"qa_uid": pl.String})
+    match = S._metric_match(qa, prepared)
     assert match.tolist() == _string_join_match(qa_uids, metric_uids)
 
 

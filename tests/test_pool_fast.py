@@ -278,6 +278,20 @@ def test_a_pool_read_in_many_blocks_comes_back_in_one_chunk(tmp_path, monkeypatc
     assert small.qa.equals(whole.qa) and small.frames.equals(whole.frames)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_block_bytes_given_to_read_pool_change_nothing(tmp_path, suffix):
+    """read_pool(block_bytes=...) (what `gdo build --low-memory` sets) parses in blocks of that
+    size, with the same result as the default blocks."""
+    rng = random.Random(8)
+    ov = _write(tmp_path / f"ov{suffix}", _lines(COMMON * 3 + ODD, rng, RAW_ODD))
+    vv = _write(tmp_path / f"vv{suffix}", _lines(_video_rows(rng, 20), rng))
+    whole = P.read_pool(ov, vv, row_frames=True)
+    assert len(list(F._blocks(ov, 300))) > 3  # several blocks of that size
+    small = P.read_pool(ov, vv, row_frames=True, block_bytes=300, file_threads=1)
+    assert small.qa.equals(whole.qa) and small.frames.equals(whole.frames)
+    assert small.rejects.equals(whole.rejects)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_categorical_read_holds_the_same_values(tmp_path, monkeypatch, fast):
     """read_pool(categorical=True): the low-card columns as Categorical, every value unchanged
