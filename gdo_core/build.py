@@ -843,8 +843,8 @@ def build_subsets(
     `pool_cache.default_cache_dir()`), so a later build on the same files skips parsing them
     (`BuildResult.parse_cache` says hit or miss, for the metrics under "metrics").
     low_memory: parse the pool files one at a time, in smaller blocks, writing their texts into the
-    new cache entry as they are parsed, then load the metrics: a lower peak (with
-    `memory.prefer_low_memory`, as `gdo build --low-memory` runs), slower. Same files either way.
+    new cache entry as they are parsed: a lower peak (with `memory.prefer_low_memory`, as
+    `gdo build --low-memory` runs), slower. The same files either way.
 
     Writes gdo_1x_<frames>f.jsonl, uni_10x_<frames>f.jsonl, report.json, profile.json and
     subset_members.parquet into out_dir. compat="published" reproduces the published build step.
@@ -857,7 +857,7 @@ def build_subsets(
     if frames < 1:
         raise BuildError(f"target frames must be >= 1, got {frames}")
     # The metrics file loads (and its pool-free terms are prepared) on a side thread while the
-    # pool is read (low_memory: after it), both through the cache; a newly parsed pool's answers
+    # pool is read, both through the cache; a newly parsed pool's answers
     # are tokenised there next (overlapping the selection, which waits for them at the score), then
     # the pool, with those counts and its text codes, is stored in the cache. A hit leaves the
     # texts on disk, and so does a low-memory miss (it writes them into the new entry, and counts
@@ -866,14 +866,13 @@ def build_subsets(
     mode: Mode = "published" if compat == "published" else "default"
     folder = _cache_dir(cache, cache_dir)
 
-    def load_metrics_on_side() -> Future | None:
-        if metrics is None:
-            return None
-        return side.submit(
+    pending = (
+        side.submit(
             lambda: cached_metrics(metrics, strict=(compat is None), mode=mode, cache_dir=folder)
         )
-
-    pending = None if low_memory else load_metrics_on_side()
+        if metrics is not None
+        else None
+    )
     stores: list[Callable[..., None]] = []
     cached = None
     try:
@@ -891,8 +890,6 @@ def build_subsets(
             file_threads=1 if low_memory else None,
             block_bytes=LOW_MEMORY_BLOCK_BYTES if low_memory else None,
         )
-        if low_memory:
-            pending = load_metrics_on_side()
         qa, texts = cached.result.qa, cached.texts
         distinct = (  # (texts on disk: the table has the counts, stored or counted while parsed)
             side.submit(answer_distinct_tokens, qa) if ANSWER_DISTINCT not in qa.columns else None
