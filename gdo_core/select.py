@@ -1189,15 +1189,14 @@ def _metric_match(qa: pl.DataFrame, prepared: PreparedMetrics) -> np.ndarray:
     # An unordered inner join (parallel) scattered back by QA row: at most one match per row. It
     # joins the uids' 64-bit hashes (at 230k QAs ~30 MB less than joining the strings), then
     # checks each matched pair's strings; a hash shared by different uids joins the strings.
+    keys = [u.cast(pl.String).hash(seed=0).to_frame("key") for u in (uids, metric_uids)]
     pairs = (
-        uids.hash(seed=0)
-        .to_frame("key")
+        keys[0]
         .with_row_index("qa_row")
-        .join(
-            metric_uids.hash(seed=0).to_frame("key").with_row_index("match"), on="key", how="inner"
-        )
+        .join(keys[1].with_row_index("match"), on="key", how="inner")
         .drop("key")
     )
+    del keys
     if not _same_strings(uids, metric_uids, pairs):
         pairs = (
             qa.select("qa_uid")
