@@ -225,6 +225,29 @@ def test_welford_and_numpy_stats_agree():
     assert numpy_mean_std(np.array([2.0, 2.0, 2.0]))[2] == 1.0  # var <= 1e-12 -> std 1
 
 
+def _welford_one_loop(values):
+    count, mean, m2 = 0, 0.0, 0.0
+    for x in values.tolist():
+        count += 1
+        delta = x - mean
+        mean += delta / count
+        m2 += delta * (x - mean)
+    return count, mean, m2
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 7, 8, 9, 20, 33])
+def test_welford_in_chunks_is_the_one_loop_update_bit_for_bit(monkeypatch, size):
+    from gdo_core import candidate_score
+
+    monkeypatch.setattr(candidate_score, "WELFORD_CHUNK", 8)  # several chunks, ragged ends
+    values = np.random.default_rng(size).normal(-1.5, 40.0, size) ** 3
+    count, mean, m2 = _welford_one_loop(values)
+    got = welford_mean_std(values)
+    assert got[:2] == (count, mean)  # the same floats, not approximately
+    if count > 1 and m2 / (count - 1) > 1e-12:
+        assert got[2] == math.sqrt(m2 / (count - 1))
+
+
 def _terms(qa, metrics, ablations=None):
     prof = S.pool_profile(qa)
     vds3, quality, has, _, _ = S._metric_terms_for_pool(qa, metrics, "default")
