@@ -1374,9 +1374,11 @@ def select_subsets(
     )
     caps = B.candidate_caps(stratum_quotas, strata_is_video, strata_is_temporal, profile)
 
-    # Seeded draws (§5.5) while the answers are still being tokenised.
+    # Seeded draws (§5.5) on a worker thread, beside the candidate score (mostly numpy, which
+    # lets go of the GIL) and the answers' tokenising if that is still running.
     reservoir_cap = max(uni_count, math.ceil(uni_count * max(1.0, profile.reservoir_oversample)))
-    draws = (published_draws if mode == "published" else stable_draws)(total, reservoir_cap, seed)
+    draw = published_draws if mode == "published" else stable_draws
+    drawn = _in_background(draw, total, reservoir_cap, seed)
 
     # Candidate score (§5.4).
     scores = score_terms(
@@ -1387,6 +1389,7 @@ def select_subsets(
         ablations=ablations,
     )
     score = scores["score"].to_numpy()
+    draws = drawn.result()
     step("score")
 
     # Candidate pools (§5.5).
