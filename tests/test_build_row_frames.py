@@ -78,18 +78,23 @@ def test_frame_rows_refuses_a_line_held_twice():
         BLD.frame_rows(qa, row_frames)
 
 
-def test_a_failed_write_leaves_no_file(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_write_leaves_no_file(tmp_path, workers):
     def frames():
-        yield pl.DataFrame({"a": [1]})
+        yield lambda: pl.DataFrame({"a": [1]})
         raise RuntimeError("disk gone")
 
-    with pytest.raises(RuntimeError, match="disk gone"):
-        BLD._write_ndjson_atomic(frames(), tmp_path / "out.jsonl")
-    assert list(tmp_path.iterdir()) == []
-    BLD._write_ndjson_atomic(
-        iter([pl.DataFrame({"a": [1]}), pl.DataFrame({"a": [2]})]), tmp_path / "ok.jsonl"
-    )
-    assert (tmp_path / "ok.jsonl").read_text() == '{"a":1}\n{"a":2}\n'
+    def failing():
+        raise RuntimeError("no frame")
+
+    for bad in (frames(), iter([lambda: pl.DataFrame({"a": [1]}), failing])):
+        with pytest.raises(RuntimeError, match="disk gone|no frame"):
+            BLD._write_ndjson_atomic(bad, tmp_path / "out.jsonl", workers)
+        assert list(tmp_path.iterdir()) == []
+    parts = [lambda i=i: pl.DataFrame({"a": [i, i + 1]}) for i in range(0, 10, 2)]
+    BLD._write_ndjson_atomic(iter(parts), tmp_path / "ok.jsonl", workers)
+    expected = "".join(f'{{"a":{i}}}\n' for i in range(10))
+    assert (tmp_path / "ok.jsonl").read_text() == expected  # the frames' order, whatever the threads
     assert [p.name for p in tmp_path.iterdir()] == ["ok.jsonl"]
 
 
