@@ -471,8 +471,21 @@ def _parse_blocks(
         explicit_schema=_schema(pool.kind), unexpected_field_behavior="ignore"
     )
 
-    def finish(block: memoryview, first: int, rows: Future) -> None:
-        batch, lines, starts, ends = rows.result()
+    next_first = [1]  # line number of the next block's first line (read on the reader's thread)
+
+    def read(
+        block: memoryview,
+    ) -> tuple[int, pl.DataFrame | None, np.ndarray, np.ndarray, np.ndarray]:
+        """(its first line number, `_block_rows`) of the next block, on the reader's thread."""
+        ends = _newlines(block)
+        first = next_first[0]
+        next_first[0] += ends.size
+        return first, *_block_rows(
+            block, ends, first, pool.kind, options.target_frames, parse_options
+        )
+
+    def finish(block: memoryview, rows: Future) -> None:
+        first, batch, lines, starts, ends = rows.result()
         if batch is not None:
             lines = np.concatenate(
                 [lines, batch.filter(pl.col("key").is_null())["line"].to_numpy()]
@@ -496,18 +509,15 @@ def _parse_blocks(
             for n in np.sort(lines).tolist()
         )
 
-    # The reader parses the next block on a thread while this one's QA rows are built.
+    # The reader finds the next block's lines and parses them on a thread (one block after the
+    # other) while this one's QA rows are built.
     with ThreadPoolExecutor(1) as ahead:
-        first, pending = 1, None
+        pending = None
         for block in _blocks(path, block_bytes):
-            ends = _newlines(block)
-            rows = ahead.submit(
-                _block_rows, block, ends, first, pool.kind, options.target_frames, parse_options
-            )
+            rows = ahead.submit(read, block)
             if pending is not None:
                 finish(*pending)
-            pending = (block, first, rows)
-            first += ends.size
+            pending = (block, rows)
         if pending is not None:
             finish(*pending)
     return qa_parts, reject_parts, frame_parts, slow
