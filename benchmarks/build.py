@@ -13,7 +13,8 @@ every 5 ms on a thread of the build process: `start` is the process after its im
 `read_pool` the parse or cache read, then the selection steps and `write`). `wall s` times
 build_subsets inside the process; `process s` is the whole process (interpreter start and
 imports included), as a user running `gdo build` sees it.
-Each preset and mode runs --runs times and the table shows the
+Each preset and mode runs --runs times, round-robin (run i of every combination before run i + 1
+of any, so that the shared machine's changing load falls on all alike), and the table shows the
 median wall time and the largest peak RSS. Never asserted in tests; the numbers go in the
 closing note.
 """
@@ -297,6 +298,27 @@ def _child(args: argparse.Namespace) -> None:
     )
 
 
+def _warm_dir(args: argparse.Namespace, mode: str) -> Path:
+    """The cache folder warm builds of this pool and mode share."""
+    return OUT / f"cache_{args.qas}_{mode}"
+
+
+def _run_once(cmd: list[str], combo: tuple[str, str, str], args: argparse.Namespace) -> dict | None:
+    """One timed build in a child process (a fresh cache folder when cold); None if it failed."""
+    preset, mode, cache = combo
+    cold_dir = tempfile.mkdtemp(prefix="gdo-cold-cache-", dir=OUT)
+    cache_dir = _warm_dir(args, mode) if cache == "warm" else Path(cold_dir)
+    env = {**os.environ, "PYTHONHASHSEED": "0", "GDO_CACHE_DIR": str(cache_dir)}
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    process_s = time.perf_counter() - started
+    shutil.rmtree(cold_dir, ignore_errors=True)
+    if done.returncode != 0:
+        print(f"{preset} {mode} failed:\n{done.stderr[-2000:]}", flush=True)
+        return None
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": process_s}
+
+
 def main() -> None:
     """Generate (or reuse) the pool, run each preset x mode in a subprocess, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -349,8 +371,9 @@ def main() -> None:
         for m in args.modes.split(",")
         for c in args.cache.split(",")
     ]
+    commands = {}
     for preset, mode, cache in combos:
-        cmd = [
+        commands[(preset, mode, cache)] = [
             sys.executable,
             __file__,
             "--child",
@@ -365,30 +388,31 @@ def main() -> None:
             *(["--phases"] if args.phases else []),
             *(["--low-memory"] if args.low_memory else []),
         ]
-        warm_dir = OUT / f"cache_{args.qas}_{mode}"
         if cache == "warm":  # one untimed build fills the cache
-            env = {**os.environ, "PYTHONHASHSEED": "0", "GDO_CACHE_DIR": str(warm_dir)}
-            subprocess.run(cmd, capture_output=True, env=env, check=False)
-        runs = []
-        for _ in range(args.runs):
-            cold_dir = tempfile.mkdtemp(prefix="gdo-cold-cache-", dir=OUT)
-            cache_dir = warm_dir if cache == "warm" else cold_dir
-            env = {**os.environ, "PYTHONHASHSEED": "0", "GDO_CACHE_DIR": str(cache_dir)}
-            started = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            process_s = time.perf_counter() - started
-            shutil.rmtree(cold_dir, ignore_errors=True)
-            if done.returncode != 0:
-                print(f"{preset} {mode} failed:\n{done.stderr[-2000:]}", flush=True)
-                break
-            runs.append(
-                {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": process_s}
+            env = {**os.environ, "PYTHONHASHSEED": "0", "GDO_CACHE_DIR": str(_warm_dir(args, mode))}
+            subprocess.run(
+                commands[(preset, mode, cache)], capture_output=True, env=env, check=False
             )
-        if not runs:
+    # Round-robin: run i of every combination before run i + 1 of any, so that a change in the
+    # shared machine's load during the benchmark falls on all of them alike.
+    runs: dict[tuple[str, str, str], list[dict]] = {combo: [] for combo in combos}
+    failed: set[tuple[str, str, str]] = set()
+    for i in range(args.runs):
+        for combo in combos:
+            if combo in failed:
+                continue
+            run = _run_once(commands[combo], combo, args)
+            if run is None:
+                failed.add(combo)
+            else:
+                runs[combo].append(run)
+        print(f"(round {i + 1} of {args.runs} done)", file=sys.stderr, flush=True)
+    for (preset, mode, cache), combo_runs in runs.items():
+        if not combo_runs:
             continue
         # the run with the median wall time; peak RSS is the largest of all runs
-        r = sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]
-        rss_mb = max(x["rss_mb"] for x in runs)
+        r = sorted(combo_runs, key=lambda x: x["wall_s"])[len(combo_runs) // 2]
+        rss_mb = max(x["rss_mb"] for x in combo_runs)
         select_s = r["wall_s"] - r["timings"]["read_pool"]
         row = {
             "preset": preset,
@@ -396,7 +420,7 @@ def main() -> None:
             "cache": cache,
             **r,
             "rss_mb": rss_mb,
-            "walls_s": [x["wall_s"] for x in runs],
+            "walls_s": [x["wall_s"] for x in combo_runs],
             "qa_per_s": info["qas"] / r["wall_s"],
             "process_qa_per_s": info["qas"] / r["process_s"],
             "select_only_qa_per_s": info["qas"] / max(select_s, 1e-9),
