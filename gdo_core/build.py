@@ -770,7 +770,8 @@ def build_from_pool(
     ) -> Iterator[Callable[[], pl.DataFrame]]:
         # SFT rows built a slice at a time from the arm's rows gathered once (one gather per
         # column, as the QA table may be in many chunks): one slice's SFT rows, and frame lists
-        # (the bulk of a row, gathered a slice at a time), are in memory at once.
+        # (the bulk of a row, gathered a slice at a time), are in memory at once (or, with
+        # `workers` threads, as many slices of 1/workers the size).
         selected, scores, at = arms.pop(arm)
         if texts_of is not None:
             selected = pl.concat([selected, texts_of(arm_rows[arm])], how="horizontal")
