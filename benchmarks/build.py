@@ -306,13 +306,14 @@ def _warm_dir(args: argparse.Namespace, mode: str) -> Path:
 def _run_once(cmd: list[str], combo: tuple[str, str, str], args: argparse.Namespace) -> dict | None:
     """One timed build in a child process (a fresh cache folder when cold); None if it failed."""
     preset, mode, cache = combo
-    cold_dir = tempfile.mkdtemp(prefix="gdo-cold-cache-", dir=OUT)
-    cache_dir = _warm_dir(args, mode) if cache == "warm" else Path(cold_dir)
+    cold_dir = None if cache == "warm" else tempfile.mkdtemp(prefix="gdo-cold-cache-", dir=OUT)
+    cache_dir = _warm_dir(args, mode) if cold_dir is None else Path(cold_dir)
     env = {**os.environ, "PYTHONHASHSEED": "0", "GDO_CACHE_DIR": str(cache_dir)}
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     process_s = time.perf_counter() - started
-    shutil.rmtree(cold_dir, ignore_errors=True)
+    if cold_dir is not None:
+        shutil.rmtree(cold_dir, ignore_errors=True)
     if done.returncode != 0:
         print(f"{preset} {mode} failed:\n{done.stderr[-2000:]}", flush=True)
         return None
