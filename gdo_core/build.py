@@ -17,12 +17,14 @@ import json
 import math
 import mmap
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import polars as pl
@@ -116,7 +118,9 @@ class MetricsTable:
     format: str
     bad_rows: int = 0
     bad_examples: list[str] = field(default_factory=list)
-    prepared: PreparedMetrics | None = None  # `with_prepared`: the pool-free part of the metric terms
+    prepared: PreparedMetrics | None = (
+        None  # `with_prepared`: the pool-free part of the metric terms
+    )
 
     @property
     def row_count(self) -> int:
@@ -415,7 +419,9 @@ def cached_metrics(
     table = load_metrics(path, strict=strict).with_prepared(mode).prepared_only()
     if _metrics_key(path, strict, mode) != key:
         return table, "off"  # the file changed while it was read: do not store
-    with contextlib.suppress(OSError, pl.exceptions.PolarsError):  # a full cache must not fail the build
+    with contextlib.suppress(
+        OSError, pl.exceptions.PolarsError
+    ):  # a full cache must not fail the build
         _store_metrics(entry, table)
     return table, "miss"
 
@@ -533,27 +539,50 @@ def _write_ndjson_atomic(
 ) -> None:
     """NDJSON rows of the frames (each made by its callable), one after the other, written to
     `path` atomically; workers: frames made and serialised at once, on as many threads, and
-    written in order."""
-    with _atomic(path) as tmp, open(tmp, "wb") as fh:
-        if workers <= 1:
-            for frame in frames:
-                frame().write_ndjson(fh)
-            return
-        with ThreadPoolExecutor(workers) as pool:
-            pending: collections.deque[Future[memoryview]] = collections.deque()
-            for frame in frames:
-                if len(pending) >= workers:
-                    fh.write(pending.popleft().result())
-                pending.append(pool.submit(_ndjson_bytes, frame))
+    written in order.
+
+    polars serialises each frame straight into its own part file beside `path` (no Python buffer
+    to grow and page-fault), which is then appended to the output in the kernel and removed.
+    """
+    parts = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".parts", dir=path.parent))
+    try:
+        with (
+            _atomic(path) as tmp,
+            open(tmp, "wb") as fh,
+            ThreadPoolExecutor(max(1, workers)) as pool,
+        ):
+            pending: collections.deque[Future[Path]] = collections.deque()
+            for i, frame in enumerate(frames):
+                if len(pending) >= max(1, workers):
+                    _append_file(pending.popleft().result(), fh)
+                pending.append(pool.submit(_ndjson_part, frame, parts / f"{i}.jsonl"))
             while pending:
-                fh.write(pending.popleft().result())
+                _append_file(pending.popleft().result(), fh)
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
 
 
-def _ndjson_bytes(frame: Callable[[], pl.DataFrame]) -> memoryview:
-    """The NDJSON bytes of the frame the callable makes."""
-    buffer = io.BytesIO()
-    frame().write_ndjson(buffer)
-    return buffer.getbuffer()
+def _ndjson_part(frame: Callable[[], pl.DataFrame], part: Path) -> Path:
+    """part, holding the NDJSON rows of the frame the callable makes."""
+    frame().write_ndjson(part)
+    return part
+
+
+def _append_file(part: Path, fh: BinaryIO) -> None:
+    """part's bytes appended to the open file fh (copied in the kernel where it can), then part removed."""
+    fh.flush()
+    with open(part, "rb") as src:
+        size, copied = os.fstat(src.fileno()).st_size, 0
+        with contextlib.suppress(AttributeError, OSError):  # no copy_file_range: copied below
+            while copied < size and (
+                n := os.copy_file_range(src.fileno(), fh.fileno(), size - copied)
+            ):
+                copied += n
+        if copied < size:
+            src.seek(copied)
+            fh.seek(0, os.SEEK_END)
+            shutil.copyfileobj(src, fh)
+    part.unlink()
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -971,7 +1000,9 @@ def build_subsets(
             progress=progress,
             profiles_dir=profiles_dir,
             row_frames=pool.frames,
-            mcq_collapsed=(compat is not None),  # the pool was parsed with mcq_on_raw=(compat is None)
+            mcq_collapsed=(
+                compat is not None
+            ),  # the pool was parsed with mcq_on_raw=(compat is None)
             answer_distinct=distinct,
             texts=texts,
         )

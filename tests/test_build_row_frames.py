@@ -1,5 +1,6 @@
 """`gdo build` keeps frame lists once per line; its files equal a build from the full QA table."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,22 @@ def test_frame_rows_refuses_a_line_held_twice():
         BLD.frame_rows(qa, row_frames)
 
 
+@pytest.mark.parametrize("copy", ["kernel", "fails at once", "fails midway", "absent"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_failed_write_leaves_no_file(tmp_path, workers):
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch, workers, copy):
+    calls = []
+
+    def copy_file_range(src, dst, count):
+        calls.append(count)
+        if copy == "fails at once" or len(calls) > 1:
+            raise OSError(18, "Invalid cross-device link")
+        return os.sendfile(dst, src, None, min(count, 3))  # a short copy, then the fallback
+
+    if copy == "absent":
+        monkeypatch.delattr(BLD.os, "copy_file_range", raising=False)
+    elif copy != "kernel":
+        monkeypatch.setattr(BLD.os, "copy_file_range", copy_file_range, raising=False)
+
     def frames():
         yield lambda: pl.DataFrame({"a": [1]})
         raise RuntimeError("disk gone")
@@ -94,7 +109,9 @@ def test_a_failed_write_leaves_no_file(tmp_path, workers):
     parts = [lambda i=i: pl.DataFrame({"a": [i, i + 1]}) for i in range(0, 10, 2)]
     BLD._write_ndjson_atomic(iter(parts), tmp_path / "ok.jsonl", workers)
     expected = "".join(f'{{"a":{i}}}\n' for i in range(10))
-    assert (tmp_path / "ok.jsonl").read_text() == expected  # the frames' order, whatever the threads
+    assert (
+        tmp_path / "ok.jsonl"
+    ).read_text() == expected  # the frames' order, whatever the threads
     assert [p.name for p in tmp_path.iterdir()] == ["ok.jsonl"]
 
 
