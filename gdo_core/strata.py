@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import numpy as np
 import polars as pl
@@ -168,9 +169,8 @@ def token_counts(texts: pl.Series) -> pl.Series:
     its text; this costs about half the CPU of the regex. Texts holding a character whose lower
     case is ASCII (see `token_count_expr`) are counted by the regex.
     """
-    scratch = _ByteScratch()
     parts = [
-        _token_counts_of(texts.slice(i, _TOKEN_CHUNK_ROWS), scratch)
+        _token_counts_of(texts.slice(i, _TOKEN_CHUNK_ROWS))
         for i in range(0, texts.len(), _TOKEN_CHUNK_ROWS)
     ]
     counts = pl.Series(texts.name, np.concatenate(parts) if parts else [], dtype=pl.Int32)
@@ -182,14 +182,13 @@ def token_counts(texts: pl.Series) -> pl.Series:
 
 
 class _ByteScratch:
-    """Work arrays reused by the chunks of one `token_counts` call. Fresh arrays per numpy step
-    were page-faulted each time (with `gdo build --low-memory`'s allocator: ~390k faults at 1M QAs,
-    against ~170k)."""
+    """Work arrays reused by the pieces of `token_counts` (one set per thread, see `_SCRATCH`)."""
 
     def __init__(self) -> None:
         self.work = np.empty(0, dtype=np.uint8)
         self.flags = np.empty(0, dtype=bool)
         self.other = np.empty(0, dtype=bool)
+        self.int32 = np.empty(0, dtype=np.int32)
 
     def of(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(uint8, bool, bool) arrays of `size` elements."""
@@ -198,6 +197,29 @@ class _ByteScratch:
             self.flags, self.other = np.empty(size, dtype=bool), np.empty(size, dtype=bool)
         return self.work[:size], self.flags[:size], self.other[:size]
 
+    def int32_of(self, size: int) -> np.ndarray:
+        """An int32 array of `size` elements."""
+        if size > self.int32.size:
+            self.int32 = np.empty(size, dtype=np.int32)
+        return self.int32[:size]
+
+
+# Texts are counted in pieces of whole texts of about this many bytes: the six numpy passes over a
+# piece stay in the CPU's cache, and the work arrays are small enough to keep for the thread (an
+# array a chunk long, fresh per call, was page-faulted each time: ~250k faults at 1M QAs).
+_TOKEN_PIECE_BYTES = 2**18
+_SCRATCH = threading.local()
+
+
+def _thread_scratch() -> _ByteScratch:
+    """This thread's work arrays (`_TOKEN_PIECE_BYTES` each, up to twice that once a longer piece came)."""
+    scratch = getattr(_SCRATCH, "arrays", None)
+    if scratch is None:
+        scratch = _SCRATCH.arrays = _ByteScratch()
+        scratch.of(_TOKEN_PIECE_BYTES)
+        scratch.int32_of(_TOKEN_PIECE_BYTES)
+    return scratch
+
 
 def _token_counts_of(texts: pl.Series, scratch: _ByteScratch | None = None) -> np.ndarray:
     """Token counts of a few thousand texts from their Arrow bytes (nulls count 0)."""
@@ -205,21 +227,37 @@ def _token_counts_of(texts: pl.Series, scratch: _ByteScratch | None = None) -> n
     if hasattr(array, "combine_chunks"):
         array = array.combine_chunks()
     _, offset_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offset_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    offsets = np.frombuffer(offset_buffer, dtype=np.int64)[
+        array.offset : array.offset + len(array) + 1
+    ]
+    counts = np.zeros(len(array), dtype=np.int32)
     first, last = int(offsets[0]), int(offsets[-1])
     if data_buffer is None or last == first:
-        return np.zeros(len(array), dtype=np.int32)
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[first:last]
-    work, is_token, starts = (scratch or _ByteScratch()).of(data.size)
-    is_token_byte(data, out=is_token, work=work, other=starts)
-    starts[0] = is_token[0]
-    np.greater(is_token[1:], is_token[:-1], out=starts[1:])
-    nonempty = offsets[1:] > offsets[:-1]
-    text_starts = offsets[:-1][nonempty] - first
-    starts[text_starts] = is_token[text_starts]  # the first byte of a text follows no token byte
-    counts = np.zeros(len(array), dtype=np.int32)
-    # each non-empty text's bytes run up to the next non-empty text's first byte
-    counts[nonempty] = np.add.reduceat(starts.view(np.uint8), text_starts, dtype=np.int32)
+        return counts
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    scratch = scratch or _thread_scratch()
+    # pieces of whole texts: text `cuts[k]` up to (not including) text `cuts[k + 1]`
+    targets = np.arange(first + _TOKEN_PIECE_BYTES, last, _TOKEN_PIECE_BYTES)
+    cuts = np.unique(np.concatenate(([0], np.searchsorted(offsets, targets), [len(array)])))
+    for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        ends = offsets[lo : hi + 1]
+        piece = data[ends[0] : ends[-1]]
+        if piece.size == 0:
+            continue
+        # (the thread keeps arrays of up to 2 pieces; a longer text gets arrays of its own)
+        arrays = scratch if piece.size <= 2 * _TOKEN_PIECE_BYTES else _ByteScratch()
+        work, is_token, starts = arrays.of(piece.size)
+        is_token_byte(piece, out=is_token, work=work, other=starts)
+        starts[0] = is_token[0]
+        np.greater(is_token[1:], is_token[:-1], out=starts[1:])
+        nonempty = ends[1:] > ends[:-1]
+        text_starts = ends[:-1][nonempty] - ends[0]
+        starts[text_starts] = is_token[text_starts]  # a text's first byte follows no token byte
+        # each non-empty text's bytes run up to the next non-empty text's first byte (summed as
+        # int32 already: reduceat casts its whole input to the sum's type in a fresh array)
+        as_int = arrays.int32_of(piece.size)
+        np.copyto(as_int, starts, casting="unsafe")
+        counts[lo:hi][nonempty] = np.add.reduceat(as_int, text_starts, dtype=np.int32)
     return counts
 
 
@@ -249,7 +287,9 @@ def source_group_expr(col: str = "data_source") -> pl.Expr:
     source = pl.col(col).fill_null("").str.strip_chars()
     before_paren = source.str.split("(").list.first().str.strip_chars()
     first_parts = source.str.split("_").list.head(SOURCE_GROUP_PARTS).list.join("_")
-    group = pl.when(source.str.contains("(", literal=True)).then(before_paren).otherwise(first_parts)
+    group = (
+        pl.when(source.str.contains("(", literal=True)).then(before_paren).otherwise(first_parts)
+    )
     return pl.when(group == "").then(pl.lit(UNKNOWN_SOURCE)).otherwise(group)
 
 
@@ -286,5 +326,6 @@ def with_stratum_fields(qa: pl.DataFrame, mcq_text_col: str = "user_text") -> pl
         q_len_bucket=_edge_expr(pl.col("question_len"), Q_LEN_EDGES, Q_LEN_TOP),
         a_len_bucket=_edge_expr(pl.col("answer_len"), A_LEN_EDGES, A_LEN_TOP),
     )
-    return out.with_columns(stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|"))
-
+    return out.with_columns(
+        stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|")
+    )
