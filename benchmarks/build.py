@@ -15,8 +15,10 @@ build_subsets inside the process; `process s` is the whole process (interpreter 
 imports included), as a user running `gdo build` sees it.
 Each preset and mode runs --runs times, round-robin (run i of every combination before run i + 1
 of any, so that the shared machine's changing load falls on all alike), and the table shows the
-median wall time and the largest peak RSS. Never asserted in tests; the numbers go in the
-closing note.
+median wall time and the largest peak RSS. Before each round a host check times a fixed
+pure-Python task (`host_check`): on this shared machine the same build takes up to twice as long
+when other work shares the cores, and the check shows it. Never asserted in tests; the numbers go
+in the closing note.
 """
 
 from __future__ import annotations
@@ -320,6 +322,34 @@ def _run_once(cmd: list[str], combo: tuple[str, str, str], args: argparse.Namesp
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": process_s}
 
 
+HOST_CHECK_LINES = 20_000
+
+
+def host_check(folder: Path) -> dict[str, float | None]:
+    """How busy the shared machine is: the median of 5 timings of a fixed pure-Python task (the
+    pool's first HOST_CHECK_LINES image lines parsed with json and their turns walked, as the
+    published build step works; slower when other work shares the cores), and Linux's CPU
+    pressure (`/proc/pressure/cpu`, "some" avg10 %) where the kernel reports it."""
+    with open(folder / "onevision.jsonl", "rb") as fh:
+        lines = [fh.readline() for _ in range(HOST_CHECK_LINES)]
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        chars = 0
+        for line in lines:
+            row = json.loads(line)
+            for turn in row.get("messages") or row.get("conversations") or []:
+                chars += len(turn.get("content") or turn.get("value") or "")
+        times.append(time.perf_counter() - t)
+    pressure = None
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n")[0].split()
+        pressure = float(dict(kv.split("=") for kv in some[1:])["avg10"])
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    return {"host_check_s": round(sorted(times)[2], 4), "cpu_pressure_avg10": pressure}
+
+
 def main() -> None:
     """Generate (or reuse) the pool, run each preset x mode in a subprocess, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -398,7 +428,9 @@ def main() -> None:
     # shared machine's load during the benchmark falls on all of them alike.
     runs: dict[tuple[str, str, str], list[dict]] = {combo: [] for combo in combos}
     failed: set[tuple[str, str, str]] = set()
+    hosts = []
     for i in range(args.runs):
+        hosts.append(host_check(folder))
         for combo in combos:
             if combo in failed:
                 continue
@@ -407,7 +439,12 @@ def main() -> None:
                 failed.add(combo)
             else:
                 runs[combo].append(run)
-        print(f"(round {i + 1} of {args.runs} done)", file=sys.stderr, flush=True)
+        print(
+            f"(round {i + 1} of {args.runs} done; before it: host check "
+            f"{hosts[-1]['host_check_s']:.3f} s, CPU pressure {hosts[-1]['cpu_pressure_avg10']}%)",
+            file=sys.stderr,
+            flush=True,
+        )
     for (preset, mode, cache), combo_runs in runs.items():
         if not combo_runs:
             continue
@@ -441,7 +478,7 @@ def main() -> None:
             )
     suffix = "_low_memory" if args.low_memory else ""
     (OUT / f"build_results_{args.qas}{suffix}.json").write_text(
-        json.dumps({"pool": info, "results": results}, indent=2)
+        json.dumps({"pool": info, "host_checks": hosts, "results": results}, indent=2)
     )
 
 
