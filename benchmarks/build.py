@@ -15,9 +15,9 @@ build_subsets inside the process; `process s` is the whole process (interpreter 
 imports included), as a user running `gdo build` sees it.
 Each preset and mode runs --runs times, round-robin (run i of every combination before run i + 1
 of any, so that the shared machine's changing load falls on all alike), and the table shows the
-median wall time and the largest peak RSS. Before each round a host check times a fixed
-pure-Python task (`host_check`): on this shared machine the same build takes up to twice as long
-when other work shares the cores, and the check shows it. Never asserted in tests; the numbers go
+median wall time and the largest peak RSS. Before each round a host check (`host_check`) times a
+fixed pure-Python task and a page's first touch, and reads the CPU pressure: on this shared
+machine the same build takes up to twice as long when other work shares it. Never asserted in tests; the numbers go
 in the closing note.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import random
 import resource
@@ -323,12 +324,14 @@ def _run_once(cmd: list[str], combo: tuple[str, str, str], args: argparse.Namesp
 
 
 HOST_CHECK_LINES = 20_000
+HOST_CHECK_PAGES = 16_384  # 64 MiB of 4 KiB pages
 
 
 def host_check(folder: Path) -> dict[str, float | None]:
-    """How busy the shared machine is: the median of 5 timings of a fixed pure-Python task (the
-    pool's first HOST_CHECK_LINES image lines parsed with json and their turns walked, as the
-    published build step works; slower when other work shares the cores), and Linux's CPU
+    """How busy the shared machine is, before a round: the median of 5 timings of a fixed
+    pure-Python task (the pool's first HOST_CHECK_LINES image lines parsed with json and their
+    turns walked, as the published build step works), the median cost of a first touch of a
+    4 KiB page (what a cold `--low-memory` build does ~900k times at 1M QAs), and Linux's CPU
     pressure (`/proc/pressure/cpu`, "some" avg10 %) where the kernel reports it."""
     with open(folder / "onevision.jsonl", "rb") as fh:
         lines = [fh.readline() for _ in range(HOST_CHECK_LINES)]
@@ -341,13 +344,24 @@ def host_check(folder: Path) -> dict[str, float | None]:
             for turn in row.get("messages") or row.get("conversations") or []:
                 chars += len(turn.get("content") or turn.get("value") or "")
         times.append(time.perf_counter() - t)
+    faults = []
+    for _ in range(5):
+        with mmap.mmap(-1, HOST_CHECK_PAGES * mmap.PAGESIZE) as memory:  # fresh pages, not huge
+            t = time.perf_counter()
+            for offset in range(0, len(memory), mmap.PAGESIZE):
+                memory[offset] = 1
+            faults.append((time.perf_counter() - t) / HOST_CHECK_PAGES * 1e6)
     pressure = None
     try:
         some = Path("/proc/pressure/cpu").read_text().split("\n")[0].split()
         pressure = float(dict(kv.split("=") for kv in some[1:])["avg10"])
     except (OSError, ValueError, KeyError, IndexError):
         pass
-    return {"host_check_s": round(sorted(times)[2], 4), "cpu_pressure_avg10": pressure}
+    return {
+        "host_check_s": round(sorted(times)[2], 4),
+        "page_fault_us": round(sorted(faults)[2], 2),
+        "cpu_pressure_avg10": pressure,
+    }
 
 
 def main() -> None:
@@ -441,7 +455,8 @@ def main() -> None:
                 runs[combo].append(run)
         print(
             f"(round {i + 1} of {args.runs} done; before it: host check "
-            f"{hosts[-1]['host_check_s']:.3f} s, CPU pressure {hosts[-1]['cpu_pressure_avg10']}%)",
+            f"{hosts[-1]['host_check_s']:.3f} s, a page's first touch "
+            f"{hosts[-1]['page_fault_us']:.2f} us, CPU pressure {hosts[-1]['cpu_pressure_avg10']}%)",
             file=sys.stderr,
             flush=True,
         )
