@@ -17,8 +17,8 @@ Each preset and mode runs --runs times, round-robin (run i of every combination 
 of any, so that the shared machine's changing load falls on all alike), and the table shows the
 median wall time and the largest peak RSS. Before each round a host check (`host_check`) times a
 fixed pure-Python task and a page's first touch, and reads the CPU pressure: on this shared
-machine the same build takes up to twice as long when other work shares it. Never asserted in tests; the numbers go
-in the closing note.
+machine the same build takes up to twice as long when other work shares it. Never asserted in
+tests; the numbers go in the closing note.
 """
 
 from __future__ import annotations

@@ -118,9 +118,7 @@ class MetricsTable:
     format: str
     bad_rows: int = 0
     bad_examples: list[str] = field(default_factory=list)
-    prepared: PreparedMetrics | None = (
-        None  # `with_prepared`: the pool-free part of the metric terms
-    )
+    prepared: PreparedMetrics | None = None  # `with_prepared`: the pool-free part of the metric terms
 
     @property
     def row_count(self) -> int:
@@ -419,9 +417,7 @@ def cached_metrics(
     table = load_metrics(path, strict=strict).with_prepared(mode).prepared_only()
     if _metrics_key(path, strict, mode) != key:
         return table, "off"  # the file changed while it was read: do not store
-    with contextlib.suppress(
-        OSError, pl.exceptions.PolarsError
-    ):  # a full cache must not fail the build
+    with contextlib.suppress(OSError, pl.exceptions.PolarsError):  # a full cache must not fail the build
         _store_metrics(entry, table)
     return table, "miss"
 
@@ -1000,9 +996,7 @@ def build_subsets(
             progress=progress,
             profiles_dir=profiles_dir,
             row_frames=pool.frames,
-            mcq_collapsed=(
-                compat is not None
-            ),  # the pool was parsed with mcq_on_raw=(compat is None)
+            mcq_collapsed=(compat is not None),  # the pool was parsed with mcq_on_raw=(compat is None)
             answer_distinct=distinct,
             texts=texts,
         )

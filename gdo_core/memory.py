@@ -19,8 +19,9 @@ import sys
 
 # Appended after polars' own defaults, so these win; a user's own _RJEM_MALLOC_CONF comes after them.
 # (polars' jemalloc already purges on a background thread, so background_thread is not needed)
-# --low-memory: freed pages kept 0.25 s, not 0.5 (0.1 s cost ~100k more page faults at 1M QAs,
-# 7-11% of a cold build's wall there, for 4-11 MB less peak at 230k; 0.5 s peaked at 358 MB)
+# --low-memory: freed pages kept 0.25 s (polars' default 0.5 s peaked at up to 358 MB at 230k QAs;
+# 0.1 s, as before, cost ~100k more page faults at 1M and 7-11% of a cold build's wall there, for
+# 4-11 MB less peak at 230k)
 JEMALLOC_CONF = "dirty_decay_ms:250,muzzy_decay_ms:0"
 DEFAULT_JEMALLOC_CONF = "muzzy_decay_ms:0"  # every `gdo build`
 JEMALLOC_ENV = "_RJEM_MALLOC_CONF"  # read by polars when it is imported

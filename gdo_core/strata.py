@@ -287,9 +287,7 @@ def source_group_expr(col: str = "data_source") -> pl.Expr:
     source = pl.col(col).fill_null("").str.strip_chars()
     before_paren = source.str.split("(").list.first().str.strip_chars()
     first_parts = source.str.split("_").list.head(SOURCE_GROUP_PARTS).list.join("_")
-    group = (
-        pl.when(source.str.contains("(", literal=True)).then(before_paren).otherwise(first_parts)
-    )
+    group = pl.when(source.str.contains("(", literal=True)).then(before_paren).otherwise(first_parts)
     return pl.when(group == "").then(pl.lit(UNKNOWN_SOURCE)).otherwise(group)
 
 
@@ -326,6 +324,4 @@ def with_stratum_fields(qa: pl.DataFrame, mcq_text_col: str = "user_text") -> pl
         q_len_bucket=_edge_expr(pl.col("question_len"), Q_LEN_EDGES, Q_LEN_TOP),
         a_len_bucket=_edge_expr(pl.col("answer_len"), A_LEN_EDGES, A_LEN_TOP),
     )
-    return out.with_columns(
-        stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|")
-    )
+    return out.with_columns(stratum=pl.concat_str([pl.col(f) for f in STRATUM_FIELDS], separator="|"))

@@ -109,9 +109,7 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch, workers, copy):
     parts = [lambda i=i: pl.DataFrame({"a": [i, i + 1]}) for i in range(0, 10, 2)]
     BLD._write_ndjson_atomic(iter(parts), tmp_path / "ok.jsonl", workers)
     expected = "".join(f'{{"a":{i}}}\n' for i in range(10))
-    assert (
-        tmp_path / "ok.jsonl"
-    ).read_text() == expected  # the frames' order, whatever the threads
+    assert (tmp_path / "ok.jsonl").read_text() == expected  # the frames' order, whatever the threads
     assert [p.name for p in tmp_path.iterdir()] == ["ok.jsonl"]
 
 

@@ -13,19 +13,8 @@ from gdo_core.schema import BUCKET_IMAGE, BUCKET_VIDEO, STRATUM_FIELDS
 
 @pytest.mark.parametrize(
     ("n_frames", "label"),
-    [
-        (0, "image"),
-        (1, "image"),
-        (2, "very_short"),
-        (8, "very_short"),
-        (9, "short"),
-        (24, "short"),
-        (25, "medium"),
-        (64, "medium"),
-        (65, "long"),
-        (160, "long"),
-        (161, "very_long"),
-    ],
+    [(0, "image"), (1, "image"), (2, "very_short"), (8, "very_short"), (9, "short"), (24, "short"),
+     (25, "medium"), (64, "medium"), (65, "long"), (160, "long"), (161, "very_long")],
 )
 def test_duration_bucket_edges(n_frames, label):
     assert strata.duration_bucket(n_frames) == label
@@ -33,17 +22,8 @@ def test_duration_bucket_edges(n_frames, label):
 
 @pytest.mark.parametrize(
     ("tokens", "label"),
-    [
-        (0, "q_tiny"),
-        (6, "q_tiny"),
-        (7, "q_short"),
-        (14, "q_short"),
-        (15, "q_medium"),
-        (30, "q_medium"),
-        (31, "q_long"),
-        (60, "q_long"),
-        (61, "q_very_long"),
-    ],
+    [(0, "q_tiny"), (6, "q_tiny"), (7, "q_short"), (14, "q_short"), (15, "q_medium"),
+     (30, "q_medium"), (31, "q_long"), (60, "q_long"), (61, "q_very_long")],
 )
 def test_question_length_edges(tokens, label):
     assert strata.q_len_bucket(tokens) == label
@@ -51,17 +31,8 @@ def test_question_length_edges(tokens, label):
 
 @pytest.mark.parametrize(
     ("tokens", "label"),
-    [
-        (1, "a_tiny"),
-        (2, "a_tiny"),
-        (3, "a_short"),
-        (8, "a_short"),
-        (9, "a_medium"),
-        (24, "a_medium"),
-        (25, "a_long"),
-        (64, "a_long"),
-        (65, "a_very_long"),
-    ],
+    [(1, "a_tiny"), (2, "a_tiny"), (3, "a_short"), (8, "a_short"), (9, "a_medium"),
+     (24, "a_medium"), (25, "a_long"), (64, "a_long"), (65, "a_very_long")],
 )
 def test_answer_length_edges(tokens, label):
     assert strata.a_len_bucket(tokens) == label
@@ -90,9 +61,7 @@ def test_token_counts_match_the_scalar_count(monkeypatch, piece_bytes):
     monkeypatch.setattr(strata, "_SCRATCH", threading.local())  # work arrays of the piece size
     rng = random.Random(5)
     alphabet = [*"abcXYZ019_ .,?!-\n\t", "é", "ß", "\u212a", "\u0130", "中", "😀", "\u00a0"]
-    texts = [
-        "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 3, 40]))) for _ in range(2000)
-    ]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 3, 40]))) for _ in range(2000)]
     texts[7] = None
     texts[11] = "long text_1 " * 50  # longer than a piece (a piece of its own)
     column = pl.concat([pl.Series("q", texts[:500]), pl.Series("q", texts[500:])], rechunk=False)
