@@ -12,7 +12,11 @@ RSS (ru_maxrss) is its own; `--phases` also prints the peak of each build phase 
 every 5 ms on a thread of the build process: `start` is the process after its imports,
 `read_pool` the parse or cache read, then the selection steps and `write`). `wall s` times
 build_subsets inside the process; `process s` is the whole process (interpreter start and
-imports included), as a user running `gdo build` sees it.
+imports included), as a user running `gdo build` sees it. RSS counts the pages of the shared
+libraries a build maps (polars, Arrow, numpy: ~95 MB at the peak of a 230k build); `--phases` splits
+the peak into anonymous memory and those file pages, and `--reread-libraries` first drops the
+libraries from the page cache (`drop_library_pages`: a library that a fresh install has just
+written maps in large folios on Linux 6.16+ and ext4, ~60 MB more at that peak).
 Each preset and mode runs --runs times, round-robin (run i of every combination before run i + 1
 of any, so that the shared machine's changing load falls on all alike), and the table shows the
 median wall time and the largest peak RSS. Before each round a host check (`host_check`) times a
@@ -32,6 +36,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -229,15 +234,24 @@ class _RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.t0, self.every_s = t0, every_s
         self.samples: list[tuple[float, float]] = []
+        self.shared: list[float] = []  # file-backed resident MB (statm's shared) of each sample
         self.done = threading.Event()
 
     def run(self) -> None:
         page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
         while not self.done.is_set():
             with open("/proc/self/statm") as fh:
-                resident = int(fh.read().split()[1]) * page_mb
+                fields = fh.read().split()
+            resident, shared = int(fields[1]) * page_mb, int(fields[2]) * page_mb
             self.samples.append((time.perf_counter() - self.t0, resident))
+            self.shared.append(shared)
             self.done.wait(self.every_s)
+
+    def peak_split(self) -> dict[str, float]:
+        """The largest sample split into anonymous memory and file pages (mapped libraries, files)."""
+        i = max(range(len(self.samples)), key=lambda k: self.samples[k][1])
+        resident, shared = self.samples[i][1], self.shared[i]
+        return {"anon": round(resident - shared), "file": round(shared)}
 
     def phase_peaks(self, timings: dict[str, float]) -> dict[str, float]:
         """Largest sample per build phase (a phase runs from the previous timing to its own)."""
@@ -279,17 +293,19 @@ def _child(args: argparse.Namespace) -> None:
     )
     wall = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    phases = {}
+    phases, split = {}, {}
     if sampler is not None:
         sampler.done.set()
         sampler.join()
         phases = {"start": round(sampler.samples[0][1]), **sampler.phase_peaks(result.timings)}
+        split = sampler.peak_split()
     print(
         json.dumps(
             {
                 "wall_s": wall,
                 "rss_mb": rss_mb,
                 "rss_by_phase_mb": phases,
+                "peak_split_mb": split,
                 "timings": result.timings,
                 "total_pairs": result.report["total_pairs"],
                 "target_count": result.report["target_count"],
@@ -321,6 +337,35 @@ def _run_once(cmd: list[str], combo: tuple[str, str, str], args: argparse.Namesp
         print(f"{preset} {mode} failed:\n{done.stderr[-2000:]}", flush=True)
         return None
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": process_s}
+
+
+def drop_library_pages() -> dict[str, int]:
+    """Drop this Python's shared libraries from the page cache, so that builds map them as read from disk.
+
+    Linux 6.16+ keeps a file that was just written (a fresh `pip install`) in large page-cache folios
+    on ext4, and a process that maps such a library counts whole folios in its RSS: on this machine
+    +~60 MB at the peak of a 230k build. Read back from disk (as after a reboot) they map in small
+    pieces. posix_fadvise(DONTNEED) needs no privilege and skips pages that a process has mapped.
+    """
+    roots = {Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib", "stdlib")}
+    roots.add(Path(sys.base_prefix) / "lib")
+    files, size = 0, 0
+    for root in sorted(roots):
+        for path in root.rglob("*.so*"):
+            if not path.is_file():
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                files, size = files + 1, size + os.fstat(fd).st_size
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return {"files": files, "mb": round(size / 2**20)}
 
 
 HOST_CHECK_LINES = 20_000
@@ -387,6 +432,12 @@ def main() -> None:
         action="store_true",
         help="run the builds as `gdo build --low-memory` (gdo_core.memory)",
     )
+    parser.add_argument(
+        "--reread-libraries",
+        action="store_true",
+        help="first drop the shared libraries from the page cache (drop_library_pages), so that "
+        "the builds map them as read back from disk rather than as a fresh install wrote them",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -443,6 +494,13 @@ def main() -> None:
     runs: dict[tuple[str, str, str], list[dict]] = {combo: [] for combo in combos}
     failed: set[tuple[str, str, str]] = set()
     hosts = []
+    dropped = drop_library_pages() if args.reread_libraries else None
+    if dropped is not None:
+        print(
+            f"(dropped {dropped['files']} shared libraries, {dropped['mb']} MB, from the page cache)",
+            file=sys.stderr,
+            flush=True,
+        )
     for i in range(args.runs):
         hosts.append(host_check(folder))
         for combo in combos:
@@ -486,14 +544,19 @@ def main() -> None:
             flush=True,
         )
         if args.phases and r.get("rss_by_phase_mb"):
+            split = r["peak_split_mb"]
             print(
                 "    peak RSS MB by phase: "
-                + ", ".join(f"{k} {v}" for k, v in r["rss_by_phase_mb"].items()),
+                + ", ".join(f"{k} {v}" for k, v in r["rss_by_phase_mb"].items())
+                + f"; at the peak, anonymous {split['anon']} + file pages {split['file']}",
                 flush=True,
             )
     suffix = "_low_memory" if args.low_memory else ""
     (OUT / f"build_results_{args.qas}{suffix}.json").write_text(
-        json.dumps({"pool": info, "host_checks": hosts, "results": results}, indent=2)
+        json.dumps(
+            {"pool": info, "host_checks": hosts, "dropped_libraries": dropped, "results": results},
+            indent=2,
+        )
     )
 
 
