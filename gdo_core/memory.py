@@ -19,10 +19,11 @@ import sys
 
 # Appended after polars' own defaults, so these win; a user's own _RJEM_MALLOC_CONF comes after them.
 # (polars' jemalloc already purges on a background thread, so background_thread is not needed)
-# --low-memory: freed pages kept 0.25 s (polars' default 0.5 s peaked at up to 358 MB at 230k QAs;
-# 0.1 s, as before, cost ~100k more page faults at 1M and 7-11% of a cold build's wall there, for
-# 4-11 MB less peak at 230k)
-JEMALLOC_CONF = "dirty_decay_ms:250,muzzy_decay_ms:0"
+# --low-memory: freed pages kept 0.1 s. The dirty time is wall time, so a faster machine frees more
+# within it: on a quick machine (2026-11-30, afternoon) 0.25 s peaked at 344-366 MB at 230k QAs
+# cold and 0.1 s at 328-352, cold 1M builds above 15x with both; on a slower one 0.25 s had peaked
+# at 319-331 MB and made a cold 1M build 7-11% faster. polars' default 0.5 s peaked at 358 MB.
+JEMALLOC_CONF = "dirty_decay_ms:100,muzzy_decay_ms:0"
 DEFAULT_JEMALLOC_CONF = "muzzy_decay_ms:0"  # every `gdo build`
 JEMALLOC_ENV = "_RJEM_MALLOC_CONF"  # read by polars when it is imported
 MMAP_THRESHOLD_BYTES = 2**20  # glibc: blocks from 1 MiB up are mapped, and unmapped when freed
