@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_pool_cache import _pool  # tests/ is on sys.path under pytest's default import mode
 
-from gdo_core.memory import DEFAULT_JEMALLOC_CONF, JEMALLOC_CONF, JEMALLOC_ENV
+from gdo_core.memory import JEMALLOC_ENV, arenas_for, default_conf, low_memory_conf
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = platform.libc_ver()[0] == "glibc"
@@ -43,7 +43,7 @@ def test_settings_reach_polars_when_applied_before_it_loads():
     result, stderr = _python(PROBE)
     assert result["missed"] == []
     # polars puts its defaults first and what it finds in the variable after them (later wins)
-    assert result["conf"].endswith("," + JEMALLOC_CONF)
+    assert result["conf"].endswith("," + low_memory_conf())
     assert "<jemalloc>" not in stderr  # jemalloc warns about settings it does not know
 
 
@@ -51,7 +51,7 @@ def test_the_default_setting_reaches_polars():
     code = PROBE.replace("prefer_low_memory", "prefer_prompt_release")
     result, stderr = _python(code)
     assert result["missed"] == []
-    assert result["conf"].endswith("," + DEFAULT_JEMALLOC_CONF)
+    assert result["conf"].endswith("," + default_conf())
     assert "<jemalloc>" not in stderr
 
 
@@ -64,8 +64,23 @@ def test_the_cli_module_loads_without_polars():
 
 def test_a_users_own_allocator_settings_come_last():
     result, stderr = _python(PROBE, "narenas:2")
-    assert result["conf"].endswith(f",{JEMALLOC_CONF},narenas:2")
+    assert result["conf"].endswith(f",{low_memory_conf()},narenas:2")
     assert "<jemalloc>" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("cpus", "arenas"), [(1, 1), (2, 1), (3, 1), (4, 1), (7, 1), (8, 2), (16, 4), (64, 16)]
+)
+def test_one_arena_per_four_cpus(cpus, arenas):
+    assert arenas_for(cpus) == arenas
+
+
+def test_the_arena_count_follows_the_cpus_the_process_may_use(monkeypatch):
+    from gdo_core import memory
+
+    monkeypatch.setattr(memory, "usable_cpus", lambda: 16)
+    assert memory.default_conf() == "muzzy_decay_ms:0,narenas:4"
+    assert memory.low_memory_conf() == "dirty_decay_ms:100,muzzy_decay_ms:0,narenas:4"
 
 
 def test_polars_imported_first_is_reported():
