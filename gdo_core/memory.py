@@ -22,7 +22,7 @@ import sys
 # Appended after polars' own defaults, so these win; a user's own _RJEM_MALLOC_CONF comes after them.
 # (polars' jemalloc already purges on a background thread, so background_thread is not needed)
 # --low-memory: freed pages kept 0.1 s. The dirty time is wall time, so a faster machine frees more
-# within it: on a quick machine (2026-11-30, afternoon) 0.25 s peaked at 344-366 MB at 230k QAs
+# within it: on a quick machine (2026-11-30, 8 arenas) 0.25 s peaked at 344-366 MB at 230k QAs
 # cold and 0.1 s at 327-352, cold 1M builds above 15x with both; on a slower one 0.25 s had peaked
 # at 319-331 MB and made a cold 1M build 7-11% faster. polars' default 0.5 s peaked at 358 MB.
 JEMALLOC_CONF = "dirty_decay_ms:100,muzzy_decay_ms:0"
