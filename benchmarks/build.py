@@ -15,8 +15,8 @@ build_subsets inside the process; `process s` is the whole process (interpreter 
 imports included), as a user running `gdo build` sees it. RSS counts the pages of the shared
 libraries a build maps (polars, Arrow, numpy: ~95 MB at the peak of a 230k build); `--phases` splits
 the peak into anonymous memory and those file pages, and `--reread-libraries` first drops the
-libraries from the page cache (`drop_library_pages`: a library that a fresh install has just
-written maps in large folios on Linux 6.16+ and ext4, ~60 MB more at that peak).
+libraries from the page cache (`drop_library_pages`: here, on Linux 6.18 and ext4, the libraries of
+a fresh install mapped ~55-65 MB more at that peak than once read back from disk).
 Each preset and mode runs --runs times, round-robin (run i of every combination before run i + 1
 of any, so that the shared machine's changing load falls on all alike), and the table shows the
 median wall time and the largest peak RSS. Before each round a host check (`host_check`) times a
@@ -342,10 +342,11 @@ def _run_once(cmd: list[str], combo: tuple[str, str, str], args: argparse.Namesp
 def drop_library_pages() -> dict[str, int]:
     """Drop this Python's shared libraries from the page cache, so that builds map them as read from disk.
 
-    Linux 6.16+ keeps a file that was just written (a fresh `pip install`) in large page-cache folios
-    on ext4, and a process that maps such a library counts whole folios in its RSS: on this machine
-    +~60 MB at the peak of a 230k build. Read back from disk (as after a reboot) they map in small
-    pieces. posix_fadvise(DONTNEED) needs no privilege and skips pages that a process has mapped.
+    The page cache holds a file in folios whose size depends on how the file came in (ext4 on Linux
+    6.18 here), and a process that maps a library counts whole folios in its RSS: the libraries of a
+    fresh `pip install` took 151-162 MB at the peak of a 230k build, 94-105 MB once read back from
+    disk through the mapping (as after a reboot). posix_fadvise(DONTNEED) needs no privilege and
+    skips pages that a process has mapped.
     """
     roots = {Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib", "stdlib")}
     roots.add(Path(sys.base_prefix) / "lib")
