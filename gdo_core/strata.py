@@ -221,7 +221,7 @@ def _thread_scratch() -> _ByteScratch:
     return scratch
 
 
-def _token_counts_of(texts: pl.Series, scratch: _ByteScratch | None = None) -> np.ndarray:
+def _token_counts_of(texts: pl.Series) -> np.ndarray:
     """Token counts of a few thousand texts from their Arrow bytes (nulls count 0)."""
     array = texts.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets
     if hasattr(array, "combine_chunks"):
@@ -235,7 +235,7 @@ def _token_counts_of(texts: pl.Series, scratch: _ByteScratch | None = None) -> n
     if data_buffer is None or last == first:
         return counts
     data = np.frombuffer(data_buffer, dtype=np.uint8)
-    scratch = scratch or _thread_scratch()
+    scratch = _thread_scratch()
     # pieces of whole texts: text `cuts[k]` up to (not including) text `cuts[k + 1]`
     targets = np.arange(first + _TOKEN_PIECE_BYTES, last, _TOKEN_PIECE_BYTES)
     cuts = np.unique(np.concatenate(([0], np.searchsorted(offsets, targets), [len(array)])))
