@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -34,16 +33,18 @@ def register_pool(
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path, typer.Option(help="Project data folder (DuckDB, Parquet, outputs).")] = DEFAULT_DATA_DIR,
-    seed: Annotated[int, typer.Option(help="Seed of the demo world.")] = 0,
-    chunk_lines: Annotated[int, typer.Option(min=1, help="Lines per chunk partition of the demo pool.")] = 40,
+    data_dir: Annotated[Path, typer.Option(help="Project data folder (DuckDB, Parquet, runs, report).")] = DEFAULT_DATA_DIR,
+    all_profiles: Annotated[
+        bool, typer.Option("--all-profiles", help="Train and score all four presets, not only temp_plus.")
+    ] = False,
 ) -> None:
-    """Run the main job end to end on the embedded demo pool and tiny model."""
+    """Run the main job end to end on the embedded demo world: descriptors, subsets, training, scores, report."""
     from dagster_project.demo import run_demo
+    from gdo_assets.subsets import goal_profiles
 
     with clear_errors():
-        report = run_demo(data_dir.resolve(), seed=seed, chunk_lines=chunk_lines, echo=typer.echo)
-    typer.echo(json.dumps(report, indent=2, sort_keys=True))
+        profiles = tuple(goal_profiles.get_partition_keys()) if all_profiles else None
+        run_demo(data_dir.resolve(), profiles=profiles, echo=typer.echo)
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""`gdo demo`: build the demo world and run the asset chain on it with a local Dagster instance."""
+"""`gdo demo`: build the demo world and run the whole asset chain on it with a local Dagster instance.
+
+demo pool -> descriptors -> merge -> subsets -> train the GDO 1x and Uni-10x arms -> score every
+checkpoint -> convergence report. Settings live in gdo_core.demo_settings.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gdo_core.demo_settings import DEMO, DemoSettings
+
+BENCHMARK_DIR = "demo-benchmark"  # the demo recipe's include_path, relative to the data folder
 
 
 def _dagster_home(data_dir: Path) -> Path:
@@ -18,16 +26,25 @@ def _dagster_home(data_dir: Path) -> Path:
     return home
 
 
-def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Callable[[str], Any] = print) -> dict:
-    """Create the demo pool and tiny model if missing, then materialize every asset on them."""
-    from dagster import DagsterInstance
+def run_demo(
+    data_dir: Path,
+    *,
+    settings: DemoSettings = DEMO,
+    profiles: tuple[str, ...] | None = None,
+    echo: Callable[[str], Any] = print,
+) -> dict:
+    """Create the demo world and tiny model if missing, then materialize every asset on them."""
+    from dagster import DagsterInstance, MultiPartitionKey
 
     from dagster_project.definitions import build_definitions
     from gdo_assets.descriptors import DescriptorModel
     from gdo_assets.pool import register_chunks
-    from gdo_assets.project import GdoProject
+    from gdo_assets.project import DB_FILE, GdoProject
     from gdo_assets.subsets import goal_profiles
-    from gdo_core.demo import make_demo_pool
+    from gdo_assets.training import TrainingResource, held_out_losses, read_scores
+    from gdo_core import convergence as C
+    from gdo_core import schema as S
+    from gdo_core.demo import benchmark_chance, make_demo_benchmark, make_demo_pool
     from gdo_core.tiny_model import build_tiny_model
 
     started = time.perf_counter()
@@ -35,68 +52,144 @@ def run_demo(data_dir: Path, *, seed: int = 0, chunk_lines: int = 40, echo: Call
     os.environ["DAGSTER_HOME"] = str(_dagster_home(data_dir))
     pool_dir = data_dir / "demo" / "pool"
     echo(f"demo pool -> {pool_dir}")
-    demo_pool = make_demo_pool(pool_dir, seed=seed)
+    demo_pool = make_demo_pool(pool_dir, seed=settings.seed, n_image_rows=settings.n_image_rows,
+                               n_videos=settings.n_videos)
+    bench = make_demo_benchmark(data_dir / BENCHMARK_DIR, seed=settings.seed, n_questions=settings.benchmark_questions)
     model_dir = data_dir / "tiny-model"
     if not (model_dir / "config.json").exists():
         echo(f"tiny model -> {model_dir}")
-        build_tiny_model(model_dir, seed=seed)
+        build_tiny_model(model_dir, seed=settings.seed)
     project = GdoProject(
         data_dir=str(data_dir),
         onevision=[str(demo_pool.onevision)],
         video=[str(demo_pool.video)],
-        chunk_lines=chunk_lines,
+        chunk_lines=settings.chunk_lines,
+        target_frames=settings.target_frames,
     )
-    model = DescriptorModel(model_dir=str(model_dir), device="cpu")
-    defs = build_definitions(project, model, in_process=True)
+    model = DescriptorModel(
+        model_dir=str(model_dir), device="cpu", tnc_mode=settings.tnc_mode, sc_samples=settings.sc_samples,
+        batch_size=settings.descriptor_batch, torch_threads=settings.torch_threads,
+    )
+    training = TrainingResource(model_dir=str(model_dir), recipe=settings.recipe)
+    defs = build_definitions(project, model, training, in_process=True)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, began: float) -> None:
+        timings[name] = round(time.perf_counter() - began, 1)
+
     with DagsterInstance.get() as instance:
-        new, total = register_chunks(instance, demo_pool.onevision, demo_pool.video, chunk_lines)
+        began = time.perf_counter()
+        new, total = register_chunks(instance, demo_pool.onevision, demo_pool.video, settings.chunk_lines)
         echo(f"chunk partitions: {total} ({len(new)} new)")
         _run(defs, "observe_pool", instance)
         keys = instance.get_dynamic_partitions("pool_chunks")
         for key in keys:
             _run(defs, "ingest_pool", instance, partition_key=key)
-        result = _run(defs, "profile_pool", instance)
-        metadata = _materialization_metadata(result, "pool_profile")
+        metadata = _materialization_metadata(_run(defs, "profile_pool", instance), "pool_profile")
         echo(f"QA pairs: {metadata.get('qa_rows')} {metadata.get('qa_per_bucket')}")
         echo(f"rejects: {metadata.get('rejects')} {metadata.get('rejects_per_reason')}")
+        stage("pool", began)
+        began = time.perf_counter()
         described = []
         for key in keys:
-            echo(f"descriptors: chunk {key}")
             run = _run(defs, "describe_chunks", instance, partition_key=key)
             described.append(_materialization_metadata(run, "descriptor_shards"))
+            echo(f"descriptors: chunk {key} ({described[-1].get('qa')} QAs, {time.perf_counter() - began:.0f} s)")
+        stage("descriptors", began)
+        began = time.perf_counter()
         merged = _materialization_metadata(_run(defs, "merge_descriptors", instance), "descriptors")
         echo(f"merged descriptors into {data_dir / 'gdo.duckdb'}")
         subsets = {}
+        subset_config = {"ops": {"goal_subsets": {"config": {"target_count": settings.target_count}}}}
         for profile in goal_profiles.get_partition_keys():
             meta = _materialization_metadata(
-                _run(defs, "build_subsets", instance, partition_key=profile), "goal_subsets"
+                _run(defs, "build_subsets", instance, partition_key=profile, run_config=subset_config),
+                "goal_subsets",
             )
             subsets[profile] = {k: meta.get(k) for k in ("target_count", "uni_count", "unmet_constraints")}
-            echo(f"goal subsets [{profile}]: {subsets[profile]}")
-    report = {
+            echo(f"goal subsets [{profile}]: GDO 1x {meta.get('target_count')}, Uni-10x {meta.get('uni_count')}, "
+                 f"unmet constraints: {meta.get('unmet_constraints') or 'none'}")
+        stage("merge_and_subsets", began)
+        for profile in profiles or settings.trained_profiles:
+            for arm in (S.ARM_GDO, S.ARM_UNI):
+                key = MultiPartitionKey({"profile": profile, "arm": arm})
+                began = time.perf_counter()
+                meta = _materialization_metadata(_run(defs, "train_arm", instance, partition_key=key), "checkpoints")
+                stage(f"train {profile}/{arm}", began)
+                echo(f"trained {profile}/{arm}: {meta.get('rows')} rows, {len(meta.get('checkpoints') or [])} checkpoints, "
+                     f"held-out loss {meta.get('held_out_loss_first'):.3f} -> {meta.get('held_out_loss_last'):.3f} "
+                     f"({timings[f'train {profile}/{arm}']} s)")
+                began = time.perf_counter()
+                meta = _materialization_metadata(_run(defs, "score_arm", instance, partition_key=key), "benchmark_scores")
+                stage(f"score {profile}/{arm}", began)
+                echo(f"scored {profile}/{arm}: {meta.get('scored')} checkpoints with lmms-eval "
+                     f"({timings[f'score {profile}/{arm}']} s)")
+        report = _materialization_metadata(_run(defs, "report_convergence", instance), "convergence_report")
+
+    scores = read_scores(project)
+    tables = C.analyse(scores)
+    chance = benchmark_chance(bench)
+    final = _final_accuracies(scores, chance)
+    losses = held_out_losses(project)
+    seconds = round(time.perf_counter() - started, 1)
+    lines = [
+        "",
+        "== GDO demo: convergence (demo budget: GDO 1x = "
+        f"{settings.target_count} QAs, Uni-10x = {10 * settings.target_count} QAs; tiny random Qwen3-VL, recipe "
+        f"'{settings.recipe}') ==",
+        C.markdown(tables.summary),
+        "",
+        "Final accuracy per subtask (%, chance = a uniform guess over the options):",
+        C.markdown(final),
+        "",
+        "Held-out loss (ms-swift's split), first -> last checkpoint:",
+        C.markdown(losses, 3),
+        "",
+        *C.headline(tables.summary),
+        "",
+        f"report:   {report.get('report')}",
+        f"plots:    {report.get('plot_curves')}, {report.get('plot_frontier')}, {report.get('plot_subtask_deltas')}",
+        f"DuckDB:   {project.path(*DB_FILE)}  (try: gdo sql \"select arm, step, task, subtask, accuracy from scores "
+        "order by arm, step\")",
+        f"Dagster UI with these runs: make ui, then open http://127.0.0.1:3000 (DAGSTER_HOME={os.environ['DAGSTER_HOME']})",
+        f"done in {seconds} s",
+    ]
+    for line in lines:
+        echo(line)
+    return {
         "data_dir": str(data_dir),
-        "dagster_home": os.environ["DAGSTER_HOME"],
         "chunks": len(keys),
         "qa_rows": metadata.get("qa_rows"),
         "qa_per_bucket": metadata.get("qa_per_bucket"),
         "rejects": metadata.get("rejects"),
-        "rejects_per_reason": metadata.get("rejects_per_reason"),
-        "strata": metadata.get("strata"),
         "descriptors": {
             "computed": sum(int(m.get("computed", 0) or 0) for m in described),
             "reused": sum(int(m.get("reused", 0) or 0) for m in described),
             "rows": merged.get("rows"),
-            "error_rows": merged.get("error_rows"),
         },
         "subsets": subsets,
-        "seconds": round(time.perf_counter() - started, 1),
+        "summary": tables.summary,
+        "final": final,
+        "held_out_loss": losses,
+        "chance": chance,
+        "timings": timings,
+        "seconds": seconds,
     }
-    return report
+
+
+def _final_accuracies(scores, chance: dict[str, float]):
+    """Last checkpoint's accuracy per arm and subtask, beside the chance level."""
+    import polars as pl
+
+    last = scores.sort("step").group_by(["profile", "arm", "task", "subtask"], maintain_order=True).last()
+    wide = last.pivot(on="arm", index=["profile", "task", "subtask"], values="accuracy").sort(["profile", "task", "subtask"])
+    return wide.with_columns(chance=pl.col("subtask").replace_strict(chance, default=None, return_dtype=pl.Float64))
 
 
 def _run(defs, job_name: str, instance, **kwargs):
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, run_config=quiet, **kwargs)
+    run_config = {**quiet, **kwargs.pop("run_config", {})}
+    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, run_config=run_config, **kwargs)
     if not result.success:
         raise RuntimeError(f"Dagster job {job_name} failed")
     return result

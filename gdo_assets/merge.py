@@ -20,7 +20,7 @@ from gdo_assets.partitions import POOL_CHUNKS
 from gdo_assets.pool import QA_DIR, REJECTS_DIR, candidate_pool
 from gdo_assets.project import DB_FILE, GdoProject
 from gdo_core import merge
-from gdo_core.sql import SUBSET_MEMBERS_GLOB
+from gdo_core.sql import late_views
 
 # Where the pieces live inside the project data folder.
 SHARDS_DIR = ("descriptors", "shards")
@@ -63,7 +63,7 @@ def db_path(project: GdoProject) -> Path:
 def query_views(project: GdoProject) -> dict[str, str]:
     """Parquet outputs exposed as DuckDB views: persistent ones made by the merge (the single
     writer), the same as TEMP views by `gdo sql` for outputs written after it."""
-    return {"subset_members": str(project.path(*SUBSET_MEMBERS_GLOB))}
+    return late_views(project.path(*DB_FILE))
 
 
 def _stats_table(report: merge.MergeReport) -> str:

@@ -7,6 +7,7 @@ SFT files, report.json, profile.json and its members as Parquet (the `subset_mem
 """
 
 import base64
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,12 @@ GOAL_SUBSETS = "goal_subsets"
 SUBSETS_DIR = ("subsets",)
 # The Parquet files behind the DuckDB view subset_members(profile, arm, qa_uid, rank, stage, score).
 COMPOSITION_PLOT = "composition.png"
-DEFAULT_BASELINE_PROFILE = "temp_plus"
 PLOT_FIELDS = ("bucket", "temporal_category", "duration_bucket", "question_form", "source_group")
 PLOT_TOP_VALUES = 10
 
-CHECK_CONSTRAINTS = "hard_constraints_met_or_reported"
+CHECK_CONSTRAINTS = "hard_constraints_met"
+# Left beside a subset whose unmet constraints the user waived (allow_unmet_constraints); checkpoints reads it.
+WAIVER_FILE = "constraints_waived.json"
 CHECK_UNIQUE = "no_duplicate_qa"
 CHECK_VIDEO_CAP = "per_video_cap_held"
 CHECK_EXCLUSION = "no_excluded_qa"
@@ -80,6 +82,10 @@ class SubsetsConfig(Config):
     )
     exclude_mode: str = Field(default="both", description="question, qa or both.")
     seed: int | None = Field(default=None, description="Seed (default: the profile's, 42).")
+    allow_unmet_constraints: bool = Field(
+        default=False,
+        description="Let a subset whose hard constraints are unmet pass its check and be trained (opt-out).",
+    )
 
 
 def subsets_dir(project: GdoProject, profile: str) -> Path:
@@ -90,17 +96,6 @@ def subsets_dir(project: GdoProject, profile: str) -> Path:
 def member_files(project: GdoProject) -> list[Path]:
     """Every profile's subset_members.parquet (what the `subset_members` view reads)."""
     return sorted(project.root.glob("/".join(SUBSET_MEMBERS_GLOB)))
-
-
-def baseline_uni_file(project: GdoProject, profile: str = DEFAULT_BASELINE_PROFILE) -> Path:
-    """The Uni-10x file that trains the baseline arm: the Uni file of one profile (default temp_plus)."""
-    folder = subsets_dir(project, profile)
-    found = sorted(folder.glob("uni_10x_*f.jsonl"))
-    if not found:
-        raise FileNotFoundError(
-            f"{folder}: no Uni-10x file; materialize goal_subsets[{profile}] first"
-        )
-    return found[0]
 
 
 def scan_ordered_qa(project: GdoProject) -> pl.DataFrame:
@@ -120,18 +115,43 @@ def scan_ordered_qa(project: GdoProject) -> pl.DataFrame:
     return pl.concat(frames).select(list(S.QA_SCHEMA))
 
 
+def build_profile_subsets(
+    project: GdoProject, name: str, config: SubsetsConfig, out_dir: Path, qa: pl.DataFrame | None = None
+) -> BuildResult:
+    """One profile's GDO 1x and Uni-10x (and report, members) from the ingested chunks and merged descriptors."""
+    profile = load_profile(name, profiles_dir_from_env())
+    db = project.path(*DB_FILE)
+    metrics = load_metrics(db, strict=config.compat is None) if db.is_file() else None
+    return build_from_pool(
+        scan_ordered_qa(project) if qa is None else qa,
+        profile,
+        out_dir,
+        metrics=metrics,
+        compat=config.compat,
+        target_count=config.target_count,
+        target_ratio=config.target_ratio,
+        ablations=Ablations(config.no_vds, config.no_ppl, config.no_sc, config.no_vds3_budget),
+        exclude_reference=config.exclude_reference,
+        exclude_mode=config.exclude_mode,
+        seed=config.seed,
+        uni_count=config.uni_count,
+        target_frames=project.target_frames,
+    )
+
+
 # ---- checks ---------------------------------------------------------------------------------
 
 
-def _constraint_check(report: dict[str, Any]) -> AssetCheckResult:
+def _constraint_check(report: dict[str, Any], allow_unmet: bool) -> AssetCheckResult:
     hc = report["hard_constraints"]
     met = bool(hc.get("all_constraints_met"))
     unmet = hc.get("unmet_constraints", {})
     return AssetCheckResult(
         check_name=CHECK_CONSTRAINTS,
-        passed=met or bool(unmet),  # unmet constraints must at least be reported
+        passed=met or allow_unmet,  # unmet constraints block training unless the user opted out
         metadata={
             "all_met": met,
+            "waived": allow_unmet and not met,
             "unmet": MetadataValue.json(unmet),
             "video": f"{hc['selected_video_count']} in [{hc['min_video_count']}, {hc['max_video_count']}]",
             "temporal_video": f"{hc['selected_temporal_video_count']} >= {hc['min_temporal_video_count']}",
@@ -249,7 +269,7 @@ def _js_table(report: dict[str, Any]) -> str:
             CHECK_CONSTRAINTS,
             asset=GOAL_SUBSETS,
             blocking=True,
-            description="Every hard constraint is met, or the unmet ones are listed in the report.",
+            description="Every hard constraint is met (unmet ones block training unless allow_unmet_constraints).",
         ),
         AssetCheckSpec(
             CHECK_UNIQUE,
@@ -279,24 +299,16 @@ def goal_subsets(
     name = context.partition_key
     profile = load_profile(name, profiles_dir_from_env())
     qa = scan_ordered_qa(gdo)
-    db = gdo.path(*DB_FILE)
-    metrics = load_metrics(db, strict=config.compat is None) if db.is_file() else None
     out_dir = subsets_dir(gdo, name)
-    result = build_from_pool(
-        qa,
-        profile,
-        out_dir,
-        metrics=metrics,
+    result = build_profile_subsets(gdo, name, config, out_dir, qa=qa)
+    waiver = out_dir / WAIVER_FILE
+    if config.allow_unmet_constraints and not result.report["hard_constraints"].get("all_constraints_met"):
+        waiver.write_text(json.dumps(result.report["hard_constraints"]["unmet_constraints"], indent=2))
+    else:
+        waiver.unlink(missing_ok=True)
         compat=config.compat,
         target_count=config.target_count,
         target_ratio=config.target_ratio,
-        ablations=Ablations(config.no_vds, config.no_ppl, config.no_sc, config.no_vds3_budget),
-        exclude_reference=config.exclude_reference,
-        exclude_mode=config.exclude_mode,
-        seed=config.seed,
-        uni_count=config.uni_count,
-        target_frames=gdo.target_frames,
-    )
     report = result.report
     plot = composition_plot(result, result_pool(qa, config), out_dir / COMPOSITION_PLOT)
     image = base64.b64encode(plot.read_bytes()).decode()
@@ -336,7 +348,7 @@ def goal_subsets(
             "mode": report["mode"],
         },
         check_results=[
-            _constraint_check(report),
+            _constraint_check(report, config.allow_unmet_constraints),
             *_output_checks(result, config, profile.max_qa_per_video),
         ],
     )

@@ -235,17 +235,14 @@ def sql(
     db: Annotated[Path, typer.Option(help="DuckDB file (read-only).")] = Path(".gdo/gdo.duckdb"),
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
-    """Query the descriptors database read-only (tables qa, descriptors, rejects, merge_report, subset_members)."""
-    from gdo_core.sql import SUBSET_MEMBERS_GLOB, run_sql
+    """Query the descriptors database read-only (tables qa, descriptors, rejects, merge_report; views subset_members, scores)."""
+    from gdo_core.sql import late_views, run_sql
 
     with clear_errors():
         if format not in ("table", "csv", "json"):
             raise CliError(f"--format {format}: expected table, csv or json")
-        # Subsets written after the merge are exposed as a view over their Parquet files.
-        views = {
-            "subset_members": str(db.resolve().parent.joinpath(*SUBSET_MEMBERS_GLOB))
-        }
-        typer.echo(run_sql(query, db, format, views=views))
+        # Subsets and scores written after the merge are views over their Parquet files.
+        typer.echo(run_sql(query, db, format, views=late_views(db)))
 
 
 @app.command()

@@ -12,6 +12,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gdo_core.pool import resample_indices
+from gdo_core.strata import is_temporal_question
+
 ONEVISION_FILE = "onevision.jsonl"
 VIDEO_FILE = "video.jsonl"
 
@@ -70,7 +73,14 @@ BROKEN_KINDS: tuple[str, ...] = (
 )
 
 BENCHMARK_GROUP = "gdo_demo"
-BENCHMARK_CATEGORIES: tuple[str, ...] = ("direction", "order", "count", "colour")
+# MCQ subtasks over short clips, and one open question (answer in a word): the colour of a shape,
+# the kind of fact a tiny model can learn from pixels in one epoch of the demo pool.
+BENCHMARK_CATEGORIES: tuple[str, ...] = ("direction", "order", "count", "colour", "colour_open")
+OPEN_CATEGORIES: tuple[str, ...] = ("colour_open",)
+# Frames per benchmark clip, sampled as the pool's video QAs are (the demo trains on 8).
+BENCHMARK_FRAMES = 8
+# Temporal questions are rare in real pools: each clip keeps a temporal one with this probability.
+TEMPORAL_KEEP = 0.35
 
 
 @dataclass(frozen=True)
@@ -888,6 +898,8 @@ def _video_rows(
         source = str(_pick(rng, VIDEO_SOURCES))
         mcq_share = 0.7 if source.endswith(("nextqa", "perceptiontest")) else 0.35
         pool = _video_questions(rng, clip, mcq_share)
+        rare = [qa for qa in pool if not is_temporal_question(qa.question) or rng.random() < TEMPORAL_KEEP]
+        pool = rare or pool
         n_q = int(min(len(pool), rng.integers(2, 6)))
         qas = [pool[i] for i in sorted(rng.permutation(len(pool))[:n_q])]
         layout = "conversations" if rng.random() < 0.15 else "messages"
@@ -1022,6 +1034,12 @@ def _benchmark_item(rng: np.random.Generator, category: str) -> tuple[_Clip, str
             ["1", "2", "3", "4"],
             str(clip.facts["moves"]),
         )
+    if category == "colour_open":
+        clip = _make_clip(rng, "still")
+        while len(clip.objs) != 1:  # one object: the question needs no binding of shape to colour
+            clip = _make_clip(rng, "still")
+        o = clip.objs[0]
+        return clip, f"What colour is the {o.shape} in the video?", list(COLOURS), o.colour
     clip = _make_clip(rng, "move")
     o = clip.facts["mover"]
     others = [c for c in COLOURS if c != o.colour]
@@ -1034,7 +1052,7 @@ _TEMPLATE_YAML = """\
 dataset_path: json
 test_split: test
 output_type: generate_until
-doc_to_visual: !function utils.gdo_demo_doc_to_visual
+doc_to_visual: !function utils.gdo_demo_frames_doc_to_visual
 doc_to_text: !function utils.gdo_demo_doc_to_text
 doc_to_target: "answer"
 process_results: !function utils.gdo_demo_process_results
@@ -1073,20 +1091,29 @@ def gdo_demo_doc_to_visual(doc, lmms_eval_specific_kwargs=None):
 
 
 def gdo_demo_frames_doc_to_visual(doc, lmms_eval_specific_kwargs=None):
-    """The clip as a list of PIL frames, for image-only models."""
+    """The clip's sampled frames as PIL images, one image per frame: how gdo's SFT rows show a video."""
     from PIL import Image
 
     return [Image.open(TASK_DIR / f).convert("RGB") for f in doc["frames"]]
 
 
 def gdo_demo_doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    """Question with lettered options on new lines, then the post prompt."""
+    """MCQ: question, lettered options on new lines, the post prompt. Open: the question alone."""
     kwargs = lmms_eval_specific_kwargs or {}
+    if doc.get("form") == "open":
+        return f"{kwargs.get('pre_prompt', '')}{doc['question']}"
     letters = string.ascii_uppercase
     options = "".join(f"\\n{letters[i]}. {c}" for i, c in enumerate(doc["candidates"]))
     post = kwargs.get("post_prompt", "")
     text = f"{kwargs.get('pre_prompt', '')}{doc['question']}{options}"
     return text + (f"\\n{post}" if post else "")
+
+
+def _named(pred, candidates):
+    """The one option a free-form prediction names as a whole word (else None)."""
+    lowered = pred.strip().lower()
+    hits = [i for i, c in enumerate(candidates) if re.search(rf"\\b{re.escape(c.lower())}\\b", lowered)]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _letter(pred, candidates):
@@ -1112,7 +1139,11 @@ def gdo_demo_process_results(doc, results):
     pred = results[0] if results else ""
     cands = doc["candidates"]
     gt = string.ascii_uppercase[cands.index(doc["answer"])]
-    letter = _letter(pred, cands)
+    if doc.get("form") == "open":
+        named = _named(pred, cands)
+        letter = "" if named is None else string.ascii_uppercase[named]
+    else:
+        letter = _letter(pred, cands)
     return {
         "gdo_demo_accuracy": {
             "question_id": doc["question_id"],
@@ -1132,8 +1163,10 @@ def gdo_demo_aggregate_results(results):
 '''
 
 
-def make_demo_benchmark(out_dir: Path, seed: int = 0, n_questions: int = 48) -> Path:
-    """Write a local lmms-eval task folder (group gdo_demo) of MCQ video questions; returns it."""
+def make_demo_benchmark(
+    out_dir: Path, seed: int = 0, n_questions: int = 100, n_frames: int = BENCHMARK_FRAMES
+) -> Path:
+    """Write a local lmms-eval task folder (group gdo_demo) of questions over short clips; returns it."""
     root = Path(out_dir).resolve()
     for sub in ("videos", "frames", "data"):
         shutil.rmtree(root / sub, ignore_errors=True)
@@ -1149,13 +1182,15 @@ def make_demo_benchmark(out_dir: Path, seed: int = 0, n_questions: int = 48) -> 
         frames = _render_clip(clip)
         _write_mp4(root / "videos" / f"{qid}.mp4", frames)
         (root / "frames" / qid).mkdir()
-        rels = [f"frames/{qid}/{t:04d}.jpg" for t in range(len(frames))]
-        for rel, frame in zip(rels, frames, strict=True):
-            _write_jpeg(root / rel, frame)
+        rels = []
+        for t in resample_indices(len(frames), n_frames):
+            rels.append(f"frames/{qid}/{t:04d}.jpg")
+            _write_jpeg(root / rels[-1], frames[t])
         docs[category].append(
             {
                 "question_id": qid,
                 "category": category,
+                "form": "open" if category in OPEN_CATEGORIES else "mcq",
                 "video": f"videos/{qid}.mp4",
                 "frames": rels,
                 "question": question,
@@ -1183,3 +1218,21 @@ def make_demo_benchmark(out_dir: Path, seed: int = 0, n_questions: int = 48) -> 
         "  - metric: gdo_demo_accuracy\n    aggregation: mean\n    weight_by_size: true\n"
     )
     return root
+
+
+def benchmark_chance(bench_dir: Path) -> dict[str, float]:
+    """Accuracy in percent of a uniform guess over each subtask's options, and over the whole group."""
+    chance: dict[str, float] = {}
+    total, n = 0.0, 0
+    for category in BENCHMARK_CATEGORIES:
+        path = Path(bench_dir) / "data" / f"{category}.jsonl"
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        guesses = [100.0 / len(r["candidates"]) for r in rows]
+        if guesses:
+            chance[category] = sum(guesses) / len(guesses)
+            total, n = total + sum(guesses), n + len(guesses)
+    if n:
+        chance["overall"] = total / n
+    return chance

@@ -136,3 +136,24 @@ SUBSET_MEMBER_SCHEMA: dict[str, pl.DataType] = {
     "stage": pl.String(),
     "score": pl.Float64(),
 }
+
+# The arms of a comparison: a profile's GDO 1x subset and its uniform 10x baseline.
+ARM_GDO = "gdo"
+ARM_UNI = "uni10x"
+# Ablation arms: GDO 1x built with score terms switched off (ALGORITHM.md §5.4, §8).
+ABLATION_ARMS: tuple[str, ...] = ("gdo_wo_vds", "gdo_wo_ppl", "gdo_wo_sc", "gdo_wo_all")
+ARMS: tuple[str, ...] = (ARM_GDO, ARM_UNI, *ABLATION_ARMS)
+# The subtask name of a task's overall accuracy in `scores`.
+OVERALL = "overall"
+
+# One row per (checkpoint, task, subtask): the `benchmark_scores` partitions (`scores` view).
+SCORE_SCHEMA: dict[str, pl.DataType] = {
+    "arm": pl.String(),
+    "profile": pl.String(),
+    "checkpoint": pl.String(),  # the checkpoint folder's name, e.g. checkpoint-12
+    "step": pl.Int64(),
+    "samples_seen": pl.Int64(),  # step x global batch
+    "task": pl.String(),
+    "subtask": pl.String(),  # OVERALL for the task's own accuracy
+    "accuracy": pl.Float64(),  # percent
+}

@@ -20,16 +20,29 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from gdo_core.schema import SUBSET_MEMBER_SCHEMA
+from gdo_core.schema import SCORE_SCHEMA, SUBSET_MEMBER_SCHEMA
 
 FORMATS: tuple[str, ...] = ("table", "csv", "json")
 # Digits shown for floats in the table format.
 TABLE_FLOAT_DIGITS = 6
 # Where subset members live, relative to the data folder that holds the DuckDB file.
 SUBSET_MEMBERS_GLOB = ("subsets", "*", "subset_members.parquet")
+# Where benchmark scores live: one Parquet file per (profile, arm) partition of benchmark_scores.
+SCORES_GLOB = ("scores", "*.parquet")
+# Views over Parquet written after the merge, relative to the data folder that holds the DuckDB file.
+LATE_VIEWS: dict[str, tuple[str, ...]] = {"subset_members": SUBSET_MEMBERS_GLOB, "scores": SCORES_GLOB}
 
 # Views over Parquet outputs that have a declared schema (an empty view is typed from it).
-VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {"subset_members": SUBSET_MEMBER_SCHEMA}
+VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "subset_members": SUBSET_MEMBER_SCHEMA,
+    "scores": SCORE_SCHEMA,
+}
+
+
+def late_views(db_path: str | os.PathLike) -> dict[str, str]:
+    """The views over outputs written after the merge (subset members, scores), as globs beside the database."""
+    folder = Path(db_path).resolve().parent
+    return {name: str(folder.joinpath(*parts)) for name, parts in LATE_VIEWS.items()}
 
 
 class SqlError(ValueError):

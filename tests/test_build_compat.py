@@ -458,7 +458,7 @@ def test_goal_subsets_asset_materializes_with_passing_checks(tmp_path):
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {
-        "hard_constraints_met_or_reported": True,
+        "hard_constraints_met": True,
         "no_duplicate_qa": True,
         "per_video_cap_held": True,
         "no_excluded_qa": True,

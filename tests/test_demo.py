@@ -15,11 +15,13 @@ import yaml
 
 from gdo_core.demo import (
     BENCHMARK_CATEGORIES,
+    BENCHMARK_FRAMES,
     BENCHMARK_GROUP,
     BROKEN_KINDS,
     ONEVISION_FILE,
     VIDEO_FILE,
     DemoPool,
+    benchmark_chance,
     make_demo_benchmark,
     make_demo_pool,
 )
@@ -192,7 +194,7 @@ def test_benchmark_utils_score_one_doc(bench: Path) -> None:
     (video,) = utils.gdo_demo_doc_to_visual(doc, kwargs)
     assert Path(video).is_file() and video.endswith(".mp4")
     frames = utils.gdo_demo_frames_doc_to_visual(doc, kwargs)
-    assert len(frames) == len(doc["frames"]) and frames[0].size == (64, 64)
+    assert len(frames) == len(doc["frames"]) == BENCHMARK_FRAMES and frames[0].size == (64, 64)
     text = utils.gdo_demo_doc_to_text(doc, kwargs)
     assert "\nA. " in text and text.startswith(doc["question"])
     letter = "ABCD"[doc["candidates"].index(doc["answer"])]
@@ -204,10 +206,29 @@ def test_benchmark_utils_score_one_doc(bench: Path) -> None:
     ]
     assert (right["score"], wrong["score"], by_text["score"]) == (1, 0, 1)
     assert utils.gdo_demo_aggregate_results([right, wrong]) == 50.0
+    # the open question shows no options; a prediction naming exactly one option is scored by it
+    doc = json.loads(_lines(bench / "data" / "colour_open.jsonl")[0])
+    assert utils.gdo_demo_doc_to_text(doc, kwargs) == doc["question"] and doc["form"] == "open"
+    other = next(c for c in doc["candidates"] if c != doc["answer"])
+    scores = [
+        utils.gdo_demo_process_results(doc, [pred])["gdo_demo_accuracy"]["score"]
+        for pred in (f"The square is {doc['answer']}.", other, f"{doc['answer']} or {other}", "A")
+    ]
+    assert scores == [1, 0, 0, 0]
+
+
+def test_benchmark_chance_is_one_over_the_options(bench: Path) -> None:
+    chance = benchmark_chance(bench)
+    # four options per MCQ subtask, six colours for the open one
+    assert chance["direction"] == 25.0 and chance["colour_open"] == pytest.approx(100 / 6)
+    n = {c: len(_lines(bench / "data" / f"{c}.jsonl")) for c in BENCHMARK_CATEGORIES}
+    expected = sum(n[c] * (100 / 6 if c == "colour_open" else 25.0) for c in n) / sum(n.values())
+    assert chance["overall"] == pytest.approx(expected)
 
 
 def test_benchmark_loads_with_lmms_eval_loader(bench: Path) -> None:
-    lmms_utils = pytest.importorskip("lmms_eval.utils")
+    import lmms_eval.utils as lmms_utils
+
     cfg = lmms_utils.load_yaml_config(str(bench / f"{BENCHMARK_GROUP}_order.yaml"), mode="full")
     assert cfg["task"] == f"{BENCHMARK_GROUP}_order" and callable(cfg["doc_to_visual"])
     assert cfg["dataset_path"] == "json" and callable(cfg["metric_list"][0]["aggregation"])
