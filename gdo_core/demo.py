@@ -20,6 +20,9 @@ VIDEO_FILE = "video.jsonl"
 
 IMAGE_SIZES: tuple[int, ...] = (64, 96)
 VIDEO_SIZE = 64
+# Object radii in video frames (px, upper bound exclusive): large enough that a 16 px patch of the
+# tiny model's vision encoder is mostly one colour.
+VIDEO_RADIUS = (8, 12)
 VIDEO_FRAME_COUNTS: tuple[int, ...] = (8, 12, 16, 20, 24, 32, 40, 48)
 N_MP4_VIDEOS = 4
 MP4_FPS = 8.0
@@ -435,7 +438,7 @@ _IMAGE_KINDS: dict[str, tuple[str, ...]] = {
     "CLEVR-Math(MathV360K)": ("subtract", "count", "count", "colour"),
     "ai2d(cauldron,llava_format)": ("shape", "colour", "position", "count"),
     "sharegpt4v(coco)": ("detailed", "where", "colour", "shape"),
-    "ureader_cap": ("caption", "caption", "where"),
+    "ureader_cap": ("caption", "where", "colour"),
 }
 _IMAGE_MCQ_SHARE: dict[str, float] = {
     "CLEVR-Math(MathV360K)": 0.2,
@@ -600,7 +603,7 @@ def _make_clip(rng: np.random.Generator, kind: str) -> _Clip:
         "sequence": 2,
     }[kind]
     shapes = [str(_pick(rng, SHAPES)) for _ in range(n_objs)]
-    radii = [int(rng.integers(5, 9)) for _ in range(n_objs)]
+    radii = [int(rng.integers(VIDEO_RADIUS[0], VIDEO_RADIUS[1])) for _ in range(n_objs)]
     objs: list[_Obj] = []
     facts: dict[str, Any] = {}
     still = [False] * n
