@@ -343,14 +343,18 @@ def plot_subtask_heatmap(subtasks: pl.DataFrame, path: Path) -> Path:
         grid[profiles.index(row["profile"]), columns.index(f"{row['task']}/{row['subtask']}")] = row["delta"]
     limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
     limit = limit or 1.0
-    figure = _figure(max(4.0, 1.1 * len(columns) + 2), 1.0 + 0.6 * len(profiles))
+    figure = _figure(max(5.0, 1.1 * len(columns) + 2), 1.8 + 0.6 * len(profiles))
     ax = figure.subplots()
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(profiles)), profiles, fontsize=8)
     for (i, j), value in np.ndenumerate(grid):
         if np.isfinite(value):
-            ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=8)
+            strong = abs(value) > 0.6 * limit  # dark cell: white text
+            ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if strong else "black")
     ax.set_title("GDO 1x - Uni-10x, final accuracy per subtask (points)")
+    ax.set_xlabel("benchmark / subtask")
+    ax.set_ylabel("profile")
     figure.colorbar(image, ax=ax, label="delta (points)")
     return _save(figure, path)
