@@ -134,9 +134,10 @@ def run_demo(
     seconds = round(time.perf_counter() - started, 1)
     lines = [
         "",
-        "== GDO demo: convergence (demo budget: GDO 1x = "
-        f"{settings.target_count} QAs, Uni-10x = {10 * settings.target_count} QAs; tiny random Qwen3-VL, recipe "
-        f"'{settings.recipe}') ==",
+        (
+            f"== GDO demo: convergence (demo budget: GDO 1x = {settings.target_count} QAs, Uni-10x = "
+            f"{10 * settings.target_count} QAs; tiny random Qwen3-VL, recipe '{settings.recipe}') =="
+        ),
         C.markdown(tables.summary),
         "",
         "Final accuracy per subtask (%, chance = a uniform guess over the options):",
@@ -149,8 +150,10 @@ def run_demo(
         "",
         f"report:   {report.get('report')}",
         f"plots:    {report.get('plot_curves')}, {report.get('plot_frontier')}, {report.get('plot_subtask_deltas')}",
-        f"DuckDB:   {project.path(*DB_FILE)}  (try: gdo sql \"select arm, step, task, subtask, accuracy from scores "
-        "order by arm, step\")",
+        (
+            f"DuckDB:   {project.path(*DB_FILE)}  (try: gdo sql \"select arm, step, task, subtask, accuracy "
+            "from scores order by arm, step\")"
+        ),
         f"Dagster UI with these runs: make ui, then open http://127.0.0.1:3000 (DAGSTER_HOME={os.environ['DAGSTER_HOME']})",
         f"done in {seconds} s",
     ]

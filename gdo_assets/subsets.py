@@ -306,9 +306,6 @@ def goal_subsets(
         waiver.write_text(json.dumps(result.report["hard_constraints"]["unmet_constraints"], indent=2))
     else:
         waiver.unlink(missing_ok=True)
-        compat=config.compat,
-        target_count=config.target_count,
-        target_ratio=config.target_ratio,
     report = result.report
     plot = composition_plot(result, result_pool(qa, config), out_dir / COMPOSITION_PLOT)
     image = base64.b64encode(plot.read_bytes()).decode()

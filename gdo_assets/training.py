@@ -31,7 +31,14 @@ from pydantic import Field
 
 from gdo_assets.descriptors import GPU_OP_TAGS, GPU_POOL
 from gdo_assets.project import GdoProject
-from gdo_assets.subsets import GOAL_SUBSETS, WAIVER_FILE, SubsetsConfig, build_profile_subsets, goal_profiles, subsets_dir
+from gdo_assets.subsets import (
+    GOAL_SUBSETS,
+    WAIVER_FILE,
+    SubsetsConfig,
+    build_profile_subsets,
+    goal_profiles,
+    subsets_dir,
+)
 from gdo_core import convergence as C
 from gdo_core import schema as S
 from gdo_core.evaluation import EvalLaunch, read_results, score_checkpoints

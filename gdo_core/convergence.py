@@ -110,13 +110,11 @@ def summary_table(scores: pl.DataFrame) -> pl.DataFrame:
     final = _final(scores)
     rows = []
     for profile, task in _compared(scores):
-        def last(arm: str) -> dict:
-            return final.filter(
-                (pl.col("profile") == profile) & (pl.col("arm") == arm)
-                & (pl.col("task") == task) & (pl.col("subtask") == S.OVERALL)
-            ).row(0, named=True)
-
-        uni, gdo = last(S.ARM_UNI), last(S.ARM_GDO)
+        here = final.filter(
+            (pl.col("profile") == profile) & (pl.col("task") == task) & (pl.col("subtask") == S.OVERALL)
+        )
+        uni = here.filter(pl.col("arm") == S.ARM_UNI).row(0, named=True)
+        gdo = here.filter(pl.col("arm") == S.ARM_GDO).row(0, named=True)
         peak = peak_match_samples(arm_curve(scores, profile, S.ARM_GDO, task), uni["accuracy"])
         rows.append(
             {

@@ -213,8 +213,7 @@ def _score_in_process(recipe: EvalRecipe, checkpoints: Sequence[Path], out_dir: 
         folder.mkdir(parents=True, exist_ok=True)
         for task, rows in samples.items():
             with open(folder / f"samples_{task}.jsonl", "w", encoding="utf-8") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row, default=str) + "\n")
+                handle.writelines(json.dumps(row, default=str) + "\n" for row in rows)
         tmp = folder / f"{RESULTS_FILE}.tmp"
         tmp.write_text(json.dumps(results, default=str, indent=1))
         tmp.replace(folder / RESULTS_FILE)

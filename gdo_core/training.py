@@ -396,7 +396,8 @@ def check_sft_file(path: Path) -> int:
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{number}: not an SFT row with messages ({exc})") from None
             if not isinstance(messages, list) or not isinstance(images, list):
-                raise ValueError(f"{path}:{number}: messages and images must be lists")
+                # a bad input file, not a caller's type error
+                raise ValueError(f"{path}:{number}: messages and images must be lists")  # noqa: TRY004
             for image in images:
                 if not os.path.isabs(image):
                     raise ValueError(f"{path}:{number}: image path {image!r} is relative; gdo writes absolute paths")

@@ -9,11 +9,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Update on purpose when the graph changes, so the change shows up in review.
 EXPECTED_ASSET_KEYS = [
-    "candidate_pool", "descriptor_shards", "descriptors", "goal_subsets", "pool_files", "pool_profile",
+    "benchmark_scores", "candidate_pool", "checkpoints", "convergence_report", "descriptor_shards",
+    "descriptors", "goal_subsets", "pool_files", "pool_profile",
 ]
 EXPECTED_JOBS = [
     "__ASSET_JOB", "build_subsets", "describe_chunks", "ingest_pool", "merge_descriptors",
-    "observe_pool", "profile_pool",
+    "observe_pool", "profile_pool", "report_convergence", "score_arm", "train_arm",
 ]
 
 

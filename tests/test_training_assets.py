@@ -6,6 +6,7 @@ run rescoring only what is missing; and the constraint check blocking training w
 """
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -16,7 +17,13 @@ from gdo_assets.merge import descriptors
 from gdo_assets.pool import candidate_pool, register_chunks
 from gdo_assets.project import GdoProject
 from gdo_assets.subsets import CHECK_CONSTRAINTS, goal_subsets, scan_ordered_qa
-from gdo_assets.training import TrainingResource, benchmark_scores, checkpoints, convergence_report, scores_file
+from gdo_assets.training import (
+    TrainingResource,
+    benchmark_scores,
+    checkpoints,
+    convergence_report,
+    scores_file,
+)
 from gdo_core import schema as S
 from gdo_core.demo import BENCHMARK_CATEGORIES, BENCHMARK_GROUP, make_demo_benchmark, make_demo_pool
 from gdo_core.sql import late_views, run_sql
@@ -51,7 +58,7 @@ def world(tmp_path_factory):
 
 
 def _subsets(world, profile, **config):
-    project, resources, instance = world
+    _, resources, instance = world
     return materialize([goal_subsets], partition_key=profile, instance=instance, resources=resources,
                        run_config={"ops": {"goal_subsets": {"config": {"target_count": TARGET, **config}}}},
                        raise_on_error=False)
@@ -102,7 +109,7 @@ def test_chain_trains_scores_and_reports(world):
     report = materialize([convergence_report], instance=instance, resources=resources)
     rmeta = report.asset_materializations_for_node("convergence_report")[0].metadata
     for name in ("plot_curves", "plot_frontier", "plot_subtask_deltas"):
-        assert open(rmeta[name].value, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert Path(rmeta[name].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = pl.read_parquet(project.path("report", "summary.parquet"))
     assert summary.select("profile", "task").rows() == [("temp_plus", BENCHMARK_GROUP)]
     uni_final = pl.read_parquet(scores_file(project, "temp_plus", S.ARM_UNI)).sort("step").filter(
