@@ -44,7 +44,7 @@ def run_demo(
     from gdo_assets.training import TrainingResource, held_out_losses, read_scores
     from gdo_core import convergence as C
     from gdo_core import schema as S
-    from gdo_core.demo import benchmark_chance, make_demo_benchmark, make_demo_pool
+    from gdo_core.demo import benchmark_baselines, make_demo_benchmark, make_demo_pool
     from gdo_core.tiny_model import build_tiny_model
 
     started = time.perf_counter()
@@ -128,8 +128,8 @@ def run_demo(
 
     scores = read_scores(project)
     tables = C.analyse(scores)
-    chance = benchmark_chance(bench)
-    final = _final_accuracies(scores, chance)
+    baselines = benchmark_baselines(bench)
+    final = _final_accuracies(scores, baselines)
     losses = held_out_losses(project)
     seconds = round(time.perf_counter() - started, 1)
     lines = [
@@ -140,7 +140,8 @@ def run_demo(
         ),
         C.markdown(tables.summary),
         "",
-        "Final accuracy per subtask (%, chance = a uniform guess over the options):",
+        "Final accuracy per subtask (%; chance: a uniform guess over the options; constant: the best "
+        "single answer given to every question):",
         C.markdown(final),
         "",
         "Held-out loss (ms-swift's split), first -> last checkpoint:",
@@ -174,19 +175,26 @@ def run_demo(
         "summary": tables.summary,
         "final": final,
         "held_out_loss": losses,
-        "chance": chance,
+        "baselines": baselines,
         "timings": timings,
         "seconds": seconds,
     }
 
 
-def _final_accuracies(scores, chance: dict[str, float]):
-    """Last checkpoint's accuracy per arm and subtask, beside the chance level."""
+def _final_accuracies(scores, baselines: dict[str, dict[str, float]]):
+    """Last checkpoint's accuracy per arm and subtask, beside the chance and constant-answer baselines."""
     import polars as pl
 
     last = scores.sort("step").group_by(["profile", "arm", "task", "subtask"], maintain_order=True).last()
     wide = last.pivot(on="arm", index=["profile", "task", "subtask"], values="accuracy").sort(["profile", "task", "subtask"])
-    return wide.with_columns(chance=pl.col("subtask").replace_strict(chance, default=None, return_dtype=pl.Float64))
+    return wide.with_columns(
+        **{
+            kind: pl.col("subtask").replace_strict(
+                {sub: b[kind] for sub, b in baselines.items()}, default=None, return_dtype=pl.Float64
+            )
+            for kind in ("chance", "constant")
+        }
+    )
 
 
 def _run(defs, job_name: str, instance, **kwargs):

@@ -1181,6 +1181,11 @@ def make_demo_benchmark(
         category = BENCHMARK_CATEGORIES[i % len(BENCHMARK_CATEGORIES)]
         clip, question, cands, answer = _benchmark_item(rng, category)
         cands = [cands[j] for j in rng.permutation(len(cands))]
+        if category not in OPEN_CATEGORIES:
+            # The answer's letter cycles A, B, C, D within a subtask: no letter is a free win.
+            others = [c for c in cands if c != answer]
+            k = len(docs[category]) % len(cands)
+            cands = [*others[:k], answer, *others[k:]]
         qid = f"gdo_demo_{i:04d}"
         frames = _render_clip(clip)
         _write_mp4(root / "videos" / f"{qid}.mp4", frames)
@@ -1223,19 +1228,27 @@ def make_demo_benchmark(
     return root
 
 
-def benchmark_chance(bench_dir: Path) -> dict[str, float]:
-    """Accuracy in percent of a uniform guess over each subtask's options, and over the whole group."""
-    chance: dict[str, float] = {}
-    total, n = 0.0, 0
+def benchmark_baselines(bench_dir: Path) -> dict[str, dict[str, float]]:
+    """Per subtask and overall, in percent: a uniform guess over the options ('chance') and the best
+    single answer given to every question ('constant': a letter for MCQ, an option for open ones)."""
+    per: dict[str, dict[str, float]] = {}
+    total: dict[str, float] = {"chance": 0.0, "constant": 0.0}
+    n = 0
     for category in BENCHMARK_CATEGORIES:
         path = Path(bench_dir) / "data" / f"{category}.jsonl"
-        if not path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        if not rows:
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        guesses = [100.0 / len(r["candidates"]) for r in rows]
-        if guesses:
-            chance[category] = sum(guesses) / len(guesses)
-            total, n = total + sum(guesses), n + len(guesses)
+        guess = sum(100.0 / len(r["candidates"]) for r in rows)
+        if category in OPEN_CATEGORIES:
+            golds = [r["answer"] for r in rows]
+        else:
+            golds = [r["candidates"].index(r["answer"]) for r in rows]
+        best = max(golds.count(g) for g in set(golds)) * 100.0
+        per[category] = {"chance": guess / len(rows), "constant": best / len(rows)}
+        total["chance"] += guess
+        total["constant"] += best
+        n += len(rows)
     if n:
-        chance["overall"] = total / n
-    return chance
+        per["overall"] = {k: v / n for k, v in total.items()}
+    return per

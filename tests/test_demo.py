@@ -21,7 +21,7 @@ from gdo_core.demo import (
     ONEVISION_FILE,
     VIDEO_FILE,
     DemoPool,
-    benchmark_chance,
+    benchmark_baselines,
     make_demo_benchmark,
     make_demo_pool,
 )
@@ -217,13 +217,21 @@ def test_benchmark_utils_score_one_doc(bench: Path) -> None:
     assert scores == [1, 0, 0, 0]
 
 
-def test_benchmark_chance_is_one_over_the_options(bench: Path) -> None:
-    chance = benchmark_chance(bench)
+def test_benchmark_baselines(bench: Path) -> None:
+    baselines = benchmark_baselines(bench)
     # four options per MCQ subtask, six colours for the open one
-    assert chance["direction"] == 25.0 and chance["colour_open"] == pytest.approx(100 / 6)
+    assert baselines["direction"]["chance"] == 25.0
+    assert baselines["colour_open"]["chance"] == pytest.approx(100 / 6)
+    # answer letters cycle A, B, ... within an MCQ subtask, so answering one letter throughout wins
+    # at most ceil(n / 4) of n questions
+    for category in ("direction", "order", "count", "colour"):
+        docs = [json.loads(line) for line in _lines(bench / "data" / f"{category}.jsonl")]
+        letters = ["ABCD"[d["candidates"].index(d["answer"])] for d in docs]
+        assert letters == ["ABCD"[i % 4] for i in range(len(docs))]
+        assert baselines[category]["constant"] == pytest.approx(100 * -(-len(docs) // 4) / len(docs))
     n = {c: len(_lines(bench / "data" / f"{c}.jsonl")) for c in BENCHMARK_CATEGORIES}
     expected = sum(n[c] * (100 / 6 if c == "colour_open" else 25.0) for c in n) / sum(n.values())
-    assert chance["overall"] == pytest.approx(expected)
+    assert baselines["overall"]["chance"] == pytest.approx(expected)
 
 
 def test_benchmark_loads_with_lmms_eval_loader(bench: Path) -> None:
