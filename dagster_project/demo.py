@@ -140,8 +140,10 @@ def run_demo(
         ),
         C.markdown(tables.summary),
         "",
-        "Final accuracy per subtask (%; chance: a uniform guess over the options; constant: the best "
-        "single answer given to every question):",
+        (
+            "Final accuracy per subtask (%; chance: a uniform guess over the options; constant: the best "
+            "single answer given to every question):"
+        ),
         C.markdown(final),
         "",
         "Held-out loss (ms-swift's split), first -> last checkpoint:",
