@@ -28,6 +28,7 @@ from gdo_core import schema as S
 from gdo_core.demo import BENCHMARK_CATEGORIES, BENCHMARK_GROUP, make_demo_benchmark, make_demo_pool
 from gdo_core.sql import late_views, run_sql
 from gdo_core.tiny_model import build_tiny_model
+from gdo_core.training import load_recipe
 
 CHUNK_LINES = 1000
 TARGET = 8  # GDO 1x; Uni-10x is 80
@@ -156,3 +157,22 @@ def test_unmet_constraints_fail_the_check_and_block_training(world, tmp_path):
     # rebuilt without the exclusion, the waiver goes again
     assert _subsets(world, "temp_plus").success
     assert not project.path("subsets", "temp_plus", "constraints_waived.json").is_file()
+
+
+@pytest.mark.e2e
+def test_failed_training_fails_the_asset_with_its_command_and_log_tail(world, tmp_path):
+    _, resources, instance = world
+    assert _subsets(world, "temp_plus").success
+    recipe = tmp_path / "broken.yaml"
+    text = load_recipe("demo").path.read_text().replace("extra_args: []", "extra_args: [--no_such_flag, '1']")
+    recipe.write_text(text)
+    broken = {**resources, "training": TrainingResource(model_dir=resources["training"].model_dir, recipe=str(recipe))}
+    key = MultiPartitionKey({"profile": "temp_plus", "arm": S.ARM_GDO})
+    result = materialize([checkpoints], partition_key=key, instance=instance, resources=broken, raise_on_error=False)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    data = failures[0].event_specific_data
+    assert "exited with" in data.error.message
+    metadata = data.user_failure_data.metadata
+    assert "--no_such_flag" in metadata["command"].value
+    assert "no_such_flag" in metadata["log_tail"].value  # ms-swift's own complaint about the flag
