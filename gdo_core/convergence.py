@@ -280,6 +280,15 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """Title, axis labels with units, a light grid and a small legend."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
 def plot_curves(scores: pl.DataFrame, summary: pl.DataFrame, path: Path) -> Path:
     """Accuracy vs samples seen per benchmark: GDO 1x and Uni-10x curves, reference line, peak match."""
     tasks = sorted(summary["task"].unique().to_list()) or ["(no scores)"]
@@ -299,11 +308,7 @@ def plot_curves(scores: pl.DataFrame, summary: pl.DataFrame, path: Path) -> Path
                 ax.plot([row["peak_match_samples"]], [row["uni_final"]], marker="*", markersize=14,
                         color=colour, markeredgecolor="black", linestyle="none",
                         label=f"{profile} peak match ({row['peak_match_samples']:,.0f} samples)")
-        ax.set_title(f"{task}: accuracy vs samples seen")
-        ax.set_xlabel("samples seen (QAs)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        _style(ax, f"{task}: accuracy vs samples seen", "samples seen (QAs)", "accuracy (%)")
     return _save(figure, path)
 
 
@@ -322,11 +327,7 @@ def plot_frontier(frontier: pl.DataFrame, summary: pl.DataFrame, path: Path) -> 
         ax.plot(best["budget_samples"], best["accuracy"], color="C0", linewidth=1, label="frontier")
         uni = summary.filter(pl.col("task") == task)
         ax.scatter(uni["uni_samples"], uni["uni_final"], marker="x", color="C3", label="Uni-10x (per profile)", zorder=3)
-        ax.set_title(f"{task}: accuracy vs 1x budget")
-        ax.set_xlabel("training samples (QAs, one epoch)")
-        ax.set_ylabel("final accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        _style(ax, f"{task}: accuracy vs 1x budget", "training samples (QAs, one epoch)", "final accuracy (%)")
     return _save(figure, path)
 
 
