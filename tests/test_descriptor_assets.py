@@ -12,7 +12,7 @@ from gdo_assets.pool import candidate_pool, pool_files_source, register_chunks
 from gdo_assets.project import GdoProject
 from gdo_core.schema import DESCRIPTOR_SCHEMA
 
-CHUNK_LINES = 7  # the small demo pool (13 + 15 lines) in 5 chunks
+CHUNK_LINES = 7  # the small demo pool in a few chunks per file
 
 
 def _metadata(result, asset: str = "descriptor_shards") -> dict:
@@ -40,7 +40,8 @@ def test_descriptor_shards_recompute_only_the_edited_qa(tmp_path: Path) -> None:
     assert "nvidia.com/gpu" in json.dumps(descriptor_shards.op.tags["dagster-k8s/config"])
     with DagsterInstance.ephemeral() as instance:
         keys, total = register_chunks(instance, pool.onevision, pool.video, CHUNK_LINES)
-        assert total == 5
+        n_lines = [len(path.read_text().splitlines()) for path in (pool.onevision, pool.video)]
+        assert total == sum(-(-n // CHUNK_LINES) for n in n_lines) and len(keys) == total
         first: dict[str, dict] = {}
         for key in sorted(keys):
             result = materialize(assets, partition_key=key, instance=instance, resources=resources,
