@@ -17,6 +17,9 @@ libraries a build maps (polars, Arrow, numpy: ~95 MB at the peak of a 230k build
 the peak into anonymous memory and those file pages, and `--reread-libraries` first drops the
 libraries from the page cache (`drop_library_pages`: here, on Linux 6.18 and ext4, the libraries of
 a fresh install mapped ~55-65 MB more at that peak than once read back from disk).
+No baseline is timed in the same run: `x ref` is the QA/s over REFERENCE_QA_PER_S (7,500 QA/s, the
+published build step's speed as stated when this benchmark was specified, never measured here; the
+published code is not in this repository), and the goal line is 15 times that stated figure.
 Each preset and mode runs --runs times, round-robin (run i of every combination before run i + 1
 of any, so that the shared machine's changing load falls on all alike), and the table shows the
 median wall time and the largest peak RSS. Before each round a host check (`host_check`) times a
@@ -43,7 +46,16 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
-PUBLISHED_QA_PER_S = 7_500  # the published build step on this machine (issue 5)
+# A stated figure, not a measurement: the published build step's speed on this machine as given
+# in the specification of this benchmark (about 130 s per million QAs; the same statement put its
+# peak at about 350 MB RSS at 230k QAs). The published code is not in this repository, so no
+# script here runs it: every "x ref" ratio below divides a measured QA/s by this constant.
+# Both of gdo's modes (`--modes default,published`) are gdo's own code, not that step.
+REFERENCE_QA_PER_S = 7_500
+REFERENCE_SOURCE = (
+    "the published build step's speed as stated in this benchmark's specification; "
+    "not measured in this run, nor by any script in this repository"
+)
 GOAL_SPEEDUP = 15
 
 # data_source -> rows in the fixture (ALGORITHM.md fixture, shared/fixtures/published_build).
@@ -375,12 +387,12 @@ HOST_CHECK_PAGES = 16_384  # 64 MiB of 4 KiB pages
 
 def host_check(folder: Path) -> dict[str, float | None]:
     """How busy the shared machine is, before a round: the median of 5 timings of a fixed
-    pure-Python task (the pool's first HOST_CHECK_LINES image lines parsed with json and their
-    turns walked, as the published build step works), the median cost of a first touch of a
+    pure-Python task (the pool's first HOST_CHECK_LINES image lines, or all of a smaller pool's,
+    parsed with json and their turns walked, as the published build step works), the median cost of a first touch of a
     4 KiB page (what a cold `--low-memory` build does ~900k times at 1M QAs), and Linux's CPU
     pressure (`/proc/pressure/cpu`, "some" avg10 %) where the kernel reports it."""
-    with open(folder / "onevision.jsonl", "rb") as fh:
-        lines = [fh.readline() for _ in range(HOST_CHECK_LINES)]
+    with open(folder / "onevision.jsonl", "rb") as fh:  # fewer lines in a small pool
+        lines = [line for line, _ in zip(fh, range(HOST_CHECK_LINES))]
     times = []
     for _ in range(5):
         t = time.perf_counter()
@@ -454,13 +466,16 @@ def main() -> None:
         info = generate_pool(folder, args.qas)
         print(f"generated {info} in {time.perf_counter() - t:.1f}s", flush=True)
     info = json.loads((folder / "pool.json").read_text())
-    goal = PUBLISHED_QA_PER_S * GOAL_SPEEDUP
+    goal = REFERENCE_QA_PER_S * GOAL_SPEEDUP
     results = []
     print(
-        f"pool: {info['qas']:,} QAs ({info['video_qas']:,} video); goal {goal:,} QA/s", flush=True
+        f"pool: {info['qas']:,} QAs ({info['video_qas']:,} video); goal {goal:,} QA/s "
+        f"= {GOAL_SPEEDUP} x ref",
+        flush=True,
     )
+    print(f"ref = {REFERENCE_QA_PER_S:,} QA/s: {REFERENCE_SOURCE}", flush=True)
     print(
-        f"{'preset':<10} {'mode':<10} {'cache':<6} {'1x':>7} {'uni':>8} {'wall s':>7} {'QA/s':>9} {'process s':>9} {'QA/s':>9} {'select-only QA/s':>17} {'peak RSS MB':>12} met"
+        f"{'preset':<10} {'mode':<10} {'cache':<6} {'1x':>7} {'uni':>8} {'wall s':>7} {'QA/s':>9} {'x ref':>6} {'process s':>9} {'QA/s':>9} {'x ref':>6} {'select-only QA/s':>17} {'peak RSS MB':>12} met"
     )
     combos = [
         (p, m, c)
@@ -540,7 +555,9 @@ def main() -> None:
         results.append(row)
         print(
             f"{preset:<10} {mode:<10} {r['parse_cache']:<6} {r['target_count']:>7} {r['uni']:>8} {r['wall_s']:>7.1f} "
-            f"{row['qa_per_s']:>9,.0f} {r['process_s']:>9.1f} {row['process_qa_per_s']:>9,.0f} "
+            f"{row['qa_per_s']:>9,.0f} {row['qa_per_s'] / REFERENCE_QA_PER_S:>6.1f} "
+            f"{r['process_s']:>9.1f} {row['process_qa_per_s']:>9,.0f} "
+            f"{row['process_qa_per_s'] / REFERENCE_QA_PER_S:>6.1f} "
             f"{row['select_only_qa_per_s']:>17,.0f} {rss_mb:>12.0f} {r['constraints_met']}",
             flush=True,
         )
@@ -555,7 +572,17 @@ def main() -> None:
     suffix = "_low_memory" if args.low_memory else ""
     (OUT / f"build_results_{args.qas}{suffix}.json").write_text(
         json.dumps(
-            {"pool": info, "host_checks": hosts, "dropped_libraries": dropped, "results": results},
+            {
+                "pool": info,
+                "reference": {
+                    "qa_per_s": REFERENCE_QA_PER_S,
+                    "measured_here": False,
+                    "source": REFERENCE_SOURCE,
+                },
+                "host_checks": hosts,
+                "dropped_libraries": dropped,
+                "results": results,
+            },
             indent=2,
         )
     )
