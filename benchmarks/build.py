@@ -58,7 +58,7 @@ REFERENCE_SOURCE = (
 )
 GOAL_SPEEDUP = 15
 
-# data_source -> rows in the fixture (ALGORITHM.md fixture, shared/fixtures/published_build).
+# data_source -> rows in the published-build fixture (tests/fixtures/published_build).
 IMAGE_SOURCES = {
     "CLEVR-Math(MathV360K)": 3667,
     "FigureQA(MathV360K)": 1697,

@@ -19,10 +19,16 @@ from pydantic import Field
 from gdo_assets.merge import DESCRIPTOR_SHARDS, SHARDS_DIR
 from gdo_assets.partitions import pool_chunks
 from gdo_assets.pool import QA_DIR, candidate_pool
-from gdo_assets.project import GdoProject
+from gdo_assets.project import GdoProject, env_choice, env_flag, env_int
 from gdo_core.descriptors.cache import DescriptorCache
 from gdo_core.descriptors.extract import QA_COLUMNS, DescriptorSettings, describe_qa_frame
-from gdo_core.descriptors.model_signals import DEFAULT_BATCH_SIZE, SC_SAMPLES, TNC_LLM
+from gdo_core.descriptors.model_signals import (
+    DEFAULT_BATCH_SIZE,
+    DTYPES,
+    SC_SAMPLES,
+    TNC_LLM,
+    TNC_MODES,
+)
 from gdo_core.pool import write_parquet_atomic
 
 CACHE_DIR = ("descriptors", "cache")
@@ -72,13 +78,13 @@ def descriptor_model_from_env() -> DescriptorModel:
     env = os.environ.get
     return DescriptorModel(
         model_dir=env("GDO_MODEL") or None,
-        device=env("GDO_DEVICE", "cpu"),
-        dtype=env("GDO_DTYPE") or None,
-        tnc_mode=env("GDO_TNC_MODE", TNC_LLM),
-        sc_samples=int(env("GDO_SC_SAMPLES", SC_SAMPLES)),
-        batch_size=int(env("GDO_BATCH_SIZE", DEFAULT_BATCH_SIZE)),
-        motion_only=env("GDO_MOTION_ONLY", "").lower() in ("1", "true", "yes"),
-        torch_threads=int(env("GDO_TORCH_THREADS")) if env("GDO_TORCH_THREADS") else None,
+        device=env("GDO_DEVICE") or "cpu",
+        dtype=env_choice("GDO_DTYPE", tuple(DTYPES), None),
+        tnc_mode=env_choice("GDO_TNC_MODE", TNC_MODES, TNC_LLM),
+        sc_samples=env_int("GDO_SC_SAMPLES", SC_SAMPLES, minimum=0),
+        batch_size=env_int("GDO_BATCH_SIZE", DEFAULT_BATCH_SIZE, minimum=1),
+        motion_only=env_flag("GDO_MOTION_ONLY"),
+        torch_threads=env_int("GDO_TORCH_THREADS", None, minimum=1),
         cache_dir=env("GDO_DESCRIPTOR_CACHE") or None,
     )
 

@@ -162,20 +162,24 @@ def pool_profile(context: AssetExecutionContext, gdo: GdoProject) -> Materialize
 observe_pool_job = define_asset_job("observe_pool", selection=[pool_files_source.key])
 
 
-@sensor(job=observe_pool_job, minimum_interval_seconds=60, required_resource_keys={"gdo"})
-def pool_chunk_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+@sensor(job=observe_pool_job, minimum_interval_seconds=60)
+def pool_chunk_sensor(
+    context: SensorEvaluationContext, gdo: GdoProject
+) -> SensorResult | SkipReason:
     """Register new chunk partitions and observe the pool whenever its fingerprints change."""
-    project: GdoProject = context.resources.gdo
-    if not project.onevision and not project.video:
+    if not gdo.onevision and not gdo.video:
         return SkipReason("no pool files configured (set GDO_ONEVISION / GDO_VIDEO)")
-    fingerprints = all_fingerprints(project)
+    fingerprints = all_fingerprints(gdo)
     known = set(context.instance.get_dynamic_partitions(POOL_CHUNKS))
     new = [k for k in fingerprints if k not in known]
     digest = hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()
     if digest == context.cursor and not new:
         return SkipReason("pool unchanged")
     return SensorResult(
-        run_requests=[RunRequest(run_key=digest)],
+        # No run_key: Dagster launches at most one run per run key ever, so a pool edited back
+        # to an earlier state (same digest) would never be observed again. The cursor already
+        # asks once per change.
+        run_requests=[RunRequest()],
         dynamic_partitions_requests=[pool_chunks.build_add_request(new)] if new else [],
         cursor=digest,
     )

@@ -60,6 +60,44 @@ class GdoProject(ConfigurableResource):
         return [p for p in paths if p.exists()]
 
 
+class EnvError(ValueError):
+    """A GDO_* environment variable whose value gdo cannot use (the message names it)."""
+
+
+def env_int(name: str, default: int | None, minimum: int = 0) -> int | None:
+    """Whole number from $name (unset or blank: default), at least `minimum`."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise EnvError(f"{name}={raw!r}: expected a whole number") from None
+    if value < minimum:
+        raise EnvError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def env_flag(name: str) -> bool:
+    """On/off from $name: 1/true/yes or 0/false/no (any case; unset or blank: off)."""
+    raw = os.environ.get(name, "").strip()
+    if raw.lower() in ("", "0", "false", "no"):
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    raise EnvError(f"{name}={raw!r}: expected 1, true or yes (on), or 0, false or no (off)")
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    """One of `choices` from $name (unset or blank: default)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise EnvError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
+
+
 def _split_paths(value: str | None) -> list[str]:
     return [p for p in (value or "").split(os.pathsep) if p]
 
@@ -67,10 +105,10 @@ def _split_paths(value: str | None) -> list[str]:
 def project_from_env() -> GdoProject:
     """The project resource configured from GDO_* environment variables (defaults otherwise)."""
     return GdoProject(
-        data_dir=os.environ.get("GDO_DATA_DIR", ".gdo"),
+        data_dir=os.environ.get("GDO_DATA_DIR") or ".gdo",
         onevision=_split_paths(os.environ.get("GDO_ONEVISION")),
         video=_split_paths(os.environ.get("GDO_VIDEO")),
-        chunk_lines=int(os.environ.get("GDO_CHUNK_LINES", DEFAULT_CHUNK_LINES)),
-        target_frames=int(os.environ.get("GDO_TARGET_FRAMES", DEFAULT_TARGET_FRAMES)),
+        chunk_lines=env_int("GDO_CHUNK_LINES", DEFAULT_CHUNK_LINES, minimum=1),
+        target_frames=env_int("GDO_TARGET_FRAMES", DEFAULT_TARGET_FRAMES, minimum=1),
         media_root=os.environ.get("GDO_MEDIA_ROOT") or None,
     )

@@ -10,6 +10,7 @@ partition's scores and writes the paper's tables and plots (gdo_core.convergence
 import base64
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from dagster import (
 from pydantic import Field
 
 from gdo_assets.descriptors import GPU_OP_TAGS, GPU_POOL
-from gdo_assets.project import GdoProject
+from gdo_assets.project import EnvError, GdoProject, env_int
 from gdo_assets.subsets import (
     GOAL_SUBSETS,
     WAIVER_FILE,
@@ -117,11 +118,14 @@ class TrainingResource(ConfigurableResource):
 def training_from_env() -> TrainingResource:
     """The training resource from GDO_MODEL, GDO_RECIPE, GDO_GPUS and GDO_CPU_THREADS."""
     env = os.environ.get
+    gpus = (env("GDO_GPUS") or "").strip() or None
+    if gpus is not None and not re.fullmatch(r"\d+(\s*,\s*\d+)*", gpus):
+        raise EnvError(f"GDO_GPUS={gpus!r}: expected GPU indices separated by commas, e.g. 0,1")
     return TrainingResource(
         model_dir=env("GDO_MODEL") or None,
-        recipe=env("GDO_RECIPE", "paper"),
-        gpus=env("GDO_GPUS") or None,
-        cpu_threads=int(env("GDO_CPU_THREADS", "1")),
+        recipe=env("GDO_RECIPE") or "paper",
+        gpus=gpus,
+        cpu_threads=env_int("GDO_CPU_THREADS", 1, minimum=1),
     )
 
 

@@ -55,7 +55,6 @@ def _loads(raw: bytes | str) -> Any:
 
 
 PoolKind = Literal["onevision", "video"]
-POOL_KINDS: tuple[str, ...] = ("onevision", "video")
 UID_PREFIX: dict[str, str] = {"onevision": "ov", "video": "vv"}
 BUCKET_OF: dict[str, str] = {"onevision": S.BUCKET_IMAGE, "video": S.BUCKET_VIDEO}
 

@@ -71,8 +71,6 @@ KEY_SPECS: dict[str, _Spec] = {
     "uni_multiplier": _Spec(float, 0.0, None, lo_open=True),
     "reservoir_oversample": _Spec(float, 1.0),
 }
-# Keys a user file may hold besides the profile keys.
-FILE_ONLY_KEYS = frozenset({"name", "extends"})
 
 
 @dataclass(frozen=True)

@@ -1162,7 +1162,7 @@ def prepare_metrics(metrics: pl.DataFrame, mode: Mode) -> PreparedMetrics:
     """`PreparedMetrics` of metrics rows (file order; duplicates count in the stats)."""
     columns = metric_columns(metrics)
     uids = metrics.select("qa_uid")
-    if _has_duplicates(metrics["qa_uid"]):  # the last row of each qa_uid, in first-seen order
+    if _has_duplicates(metrics["qa_uid"]):  # the last row of each qa_uid, in the order of those rows
         kept = (
             uids.with_row_index("row")
             .unique(subset="qa_uid", keep="last", maintain_order=True)["row"]

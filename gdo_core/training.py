@@ -374,12 +374,6 @@ def read_loss_log(run_dir: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LOSS_SCHEMA, orient="row")
 
 
-def count_rows(path: Path) -> int:
-    """Non-empty lines of a JSONL file."""
-    with open(path, "rb") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
 def check_sft_file(path: Path) -> int:
     """Rows of an SFT JSONL file; an error naming file and line for a bad row or a missing image.
 

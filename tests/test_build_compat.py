@@ -17,11 +17,8 @@ from gdo_core.pool import read_pool
 from gdo_core.profiles import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published_build"
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "onevision.jsonl.gz").is_file(),
-    reason=f"published-build fixture not found at {FIXTURE} (shared/ must sit beside the repository)",
-)
+# The published build step's outputs for the four presets (see the fixture's README).
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "published_build"
 
 
 # ---- the published oracle -----------------------------------------------------------------
@@ -39,7 +36,6 @@ def _uids(path: Path) -> list[str]:
     return [json.loads(line)["qa_uid"] for line in path.open()]
 
 
-@needs_fixture
 @pytest.mark.parametrize("preset", PRESETS)
 def test_compat_published_reproduces_the_fixture(fixture_pool, preset, tmp_path):
     qa, metrics = fixture_pool
@@ -84,7 +80,6 @@ def test_compat_published_reproduces_the_fixture(fixture_pool, preset, tmp_path)
             assert list(rows[sample["qa_uid"]]) == list(sample)
 
 
-@needs_fixture
 def test_default_mode_on_the_fixture(fixture_pool, tmp_path):
     qa_published, _ = fixture_pool
     result = BLD.build_subsets(
@@ -418,7 +413,7 @@ def test_goal_subsets_asset_materializes_with_passing_checks(tmp_path):
 
     from gdo_assets.pool import QA_DIR
     from gdo_assets.project import GdoProject
-    from gdo_assets.subsets import goal_subsets, member_files, scan_ordered_qa
+    from gdo_assets.subsets import goal_subsets, member_files, scan_ordered_qa, subsets_dir
     from gdo_core.pool import PoolFile, chunk_key, iter_pool_chunks
 
     ov, vv, metrics = write_pool(tmp_path)
@@ -456,13 +451,16 @@ def test_goal_subsets_asset_materializes_with_passing_checks(tmp_path):
         },
     )
     assert result.success
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in evaluations.items()} == {
         "hard_constraints_met": True,
         "no_duplicate_qa": True,
         "per_video_cap_held": True,
         "no_excluded_qa": True,
     }
+    # The constraint check passed because the constraints hold, not by a waiver.
+    constraint_meta = evaluations["hard_constraints_met"].metadata
+    assert constraint_meta["all_met"].value is True and constraint_meta["waived"].value is False
     meta = result.asset_materializations_for_node("goal_subsets")[0].metadata
     assert meta["target_count"].value == 60 and "composition" in meta
     members = pl.concat([pl.read_parquet(p) for p in member_files(project)])
@@ -470,6 +468,22 @@ def test_goal_subsets_asset_materializes_with_passing_checks(tmp_path):
         "profile"
     ].unique().to_list() == ["temp_plus"]
     assert qa["qa_uid"][0] not in members["qa_uid"].to_list()
+    # The constraints counted again from the selected rows themselves.
+    hc = json.loads((subsets_dir(project, "temp_plus") / "report.json").read_text())[
+        "hard_constraints"
+    ]
+    assert hc["unmet_constraints"] == {}
+    gdo_uids = members.filter(pl.col("arm") == "gdo")["qa_uid"]
+    selected = qa.filter(pl.col("qa_uid").is_in(gdo_uids.implode()))
+    assert selected.height == gdo_uids.len() == 60
+    video = selected.filter(pl.col("bucket") == "short_video")
+    assert hc["min_video_count"] <= video.height <= hc["max_video_count"]
+    temporal = video.filter(pl.col("temporal_category").is_in(hc["temporal_categories"]))
+    assert temporal.height >= hc["min_temporal_video_count"] > 0
+    groups = selected["source_group"].value_counts()
+    assert len(hc["source_group_floor_requirements"]) == 5  # 4 image sources + the video one
+    for group, required in hc["source_group_floor_requirements"].items():
+        assert groups.filter(pl.col("source_group") == group)["count"].sum() >= required, group
 
 
 def test_metrics_jsonl_takes_nan_and_infinity_as_missing(tmp_path):

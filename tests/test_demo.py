@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import decord
 import pytest
 import yaml
 
@@ -144,7 +145,6 @@ def test_image_rows_content_and_media(pools: tuple[DemoPool, DemoPool, DemoPool]
 
 
 def test_video_rows_content_and_media(pools: tuple[DemoPool, DemoPool, DemoPool]) -> None:
-    decord = pytest.importorskip("decord")
     pool = pools[0]
     rows = _valid_rows(pool.video, pool.broken_lines[VIDEO_FILE])
     assert len(rows) == pool.n_video_rows

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -210,10 +209,32 @@ print(summary.line())
 """
 
 
-def _run(pool: Path, out: Path, model: Path, hash_seed: str) -> subprocess.Popen:
+# RUN_SCRIPT in a process that kills itself (SIGKILL: no cleanup, as a crash or OOM kill) right
+# after the per-QA cache has been handed KILL_AFTER_ROWS rows: the kill lands at the same point
+# of the run on any machine.
+KILL_AFTER_ROWS = 4
+KILLED_RUN_SCRIPT = (
+    f"""
+import os, signal
+from gdo_core.descriptors.cache import DescriptorCache
+put_rows, written = DescriptorCache.put_rows, []
+def put_rows_then_die(self, rows, batch=()):
+    put_rows(self, rows, batch)
+    written.extend(rows)
+    if len(written) >= {KILL_AFTER_ROWS}:
+        os.kill(os.getpid(), signal.SIGKILL)
+DescriptorCache.put_rows = put_rows_then_die
+"""
+    + RUN_SCRIPT
+)
+
+
+def _run(
+    pool: Path, out: Path, model: Path, hash_seed: str, script: str = RUN_SCRIPT
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     return subprocess.Popen(
-        [sys.executable, "-c", RUN_SCRIPT, str(pool), str(out), str(model)],
+        [sys.executable, "-c", script, str(pool), str(out), str(model)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -248,19 +269,15 @@ def test_killed_run_resumes_to_identical_shards(
 ) -> None:
     pool, reference = reference_run
     out = tmp_path / "out"
-    process = _run(pool, out, tiny_model, hash_seed="3")
-    deadline = time.monotonic() + 300
-    while len(list((out / "cache" / "rows").glob("*/*.json"))) < 3:
-        assert process.poll() is None, "the run finished before it could be killed"
-        assert time.monotonic() < deadline, "no cache entries appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    cached_before = len(list((out / "cache" / "rows").glob("*/*.json")))
-    assert cached_before < 14, "the run finished before it was killed"
-    for name, data in _shard_bytes(out).items():  # any shard already written is complete
-        assert data == reference[name]
-    assert len(_shard_bytes(out)) < len(reference)
+    process = _run(pool, out, tiny_model, hash_seed="3", script=KILLED_RUN_SCRIPT)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL, err[-2000:]
+    # Chunks in order: onevision-00000 (2 image QAs, one batch) is done and its shard written;
+    # video-00000 had its first batch of 2 QAs cached when the run died.
+    assert len(list((out / "cache" / "rows").glob("*/*.json"))) == KILL_AFTER_ROWS
+    assert list(_shard_bytes(out)) == ["onevision-00000.parquet"]
+    assert _shard_bytes(out)["onevision-00000.parquet"] == reference["onevision-00000.parquet"]
+    assert len(reference) == 3
     printed = _finish(_run(pool, out, tiny_model, hash_seed="4"))
     assert _shard_bytes(out) == reference
-    assert "reused" in printed and " 0 reused" not in printed
+    assert "14 QAs in 3 shards: 10 computed, 4 reused" in printed

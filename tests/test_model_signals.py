@@ -164,8 +164,31 @@ def test_definitions_hold_per_qa(tiny: SignalModel) -> None:
 
 
 def test_tnc_llm_gives_a_score_per_question(tiny: SignalModel) -> None:
-    scores = tiny.tnc(["What happens after the ball falls?", "What colour is it?"])
-    assert all(s in (0.0, 0.5, 1.0) for s in scores)
+    questions = ["What happens after the ball falls?", "What colour is it?", "Why?"]
+    scores = tiny.tnc(questions)
+    assert len(scores) == 3 and all(s in (0.0, 0.5, 1.0) for s in scores)
+    assert tiny.tnc(questions) == scores  # greedy: the same replies again
+
+
+def test_tnc_llm_reads_each_reply_after_its_prompt(
+    tiny: SignalModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in for generate that appends known replies to the (left-padded) prompts: each
+    question gets the score of its own reply, with padding and special tokens ignored."""
+    replies = [" Temporal", "Static.", "Maybe"]
+    seen: dict = {}
+
+    def generate(input_ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.update(kwargs, rows=input_ids.shape[0])
+        new = [tiny.tokenizer(r, add_special_tokens=False).input_ids for r in replies]
+        width = max(len(ids) for ids in new) + 1  # every reply ends in at least one pad token
+        tails = [ids + [tiny.pad_token_id] * (width - len(ids)) for ids in new]
+        return torch.cat([input_ids, torch.tensor(tails)], dim=1)
+
+    monkeypatch.setattr(tiny.model, "generate", generate)
+    scores = tiny.tnc(["What happens after the ball falls?", "What colour is it?", "Why?"])
+    assert scores == [1.0, 0.0, 0.5]
+    assert seen["rows"] == 3 and seen["do_sample"] is False and seen["max_new_tokens"] == 3
 
 
 def test_a_failing_qa_keeps_the_rest_of_its_batch(tiny: SignalModel, monkeypatch: pytest.MonkeyPatch) -> None:

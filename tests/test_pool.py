@@ -4,6 +4,7 @@ import gzip
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import polars as pl
 import pytest
@@ -175,7 +176,6 @@ def test_ingest_writes_chunk_files_and_rejects(tmp_path):
 
 
 def test_video_files_are_decoded_and_sampled(tmp_path):
-    cv2 = pytest.importorskip("cv2")
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
     for i in range(40):

@@ -112,9 +112,39 @@ def test_invalid_user_profile_names_file_and_key(tmp_path, text, pattern):
     assert str(path) in str(info.value)
 
 
+def _constraints(profile):
+    """Hard constraints of a 10-QA subset of a 40-QA pool: 10 videos, 4 of them temporal."""
+    from gdo_core.budget import hard_constraints
+
+    return hard_constraints(
+        target_count=10,
+        total=40,
+        video_count=10,
+        temporal_video_count=4,
+        video_quota=5,
+        group_counts_desc=[],
+        profile=profile,
+    )
+
+
 def test_negative_ratio_means_auto():
-    profile = P.load_profile("custom").with_overrides(min_video_ratio=-1.0, max_video_ratio=-1.0)
-    assert profile.min_video_ratio == -1.0
+    base = P.load_profile("custom").with_overrides(
+        min_video_ratio=0.5, max_video_ratio=0.6, min_temporal_in_video_ratio=0.8
+    )
+    fixed = _constraints(base)
+    # Given ratios: ceil(0.5 * 10) = 5 videos at least, floor(0.6 * 10) = 6 at most, and
+    # ceil(0.8 * max(5, quota 5)) = 4 temporal videos.
+    assert (fixed.min_video_count, fixed.max_video_count, fixed.min_temporal_video_count) == (5, 6, 4)
+    auto = _constraints(
+        base.with_overrides(
+            min_video_ratio=-1.0, max_video_ratio=-0.5, min_temporal_in_video_ratio=-1.0
+        )
+    )
+    # Auto: the pool's video share 10/40 -> ceil(2.5) = 3; no maximum -> all 10; the pool's
+    # temporal share 4/10 -> ceil(0.4 * max(3, quota 5)) = 2.
+    assert (auto.min_video_ratio_effective, auto.max_video_ratio_effective) == (0.25, 1.0)
+    assert auto.min_temporal_in_video_ratio_effective == 0.4
+    assert (auto.min_video_count, auto.max_video_count, auto.min_temporal_video_count) == (3, 10, 2)
 
 
 def test_overrides_are_validated():

@@ -79,13 +79,36 @@ def test_candidate_pools_equal_the_full_sort(levels, published_heap):
     assert pools.tolist() == expected.tolist() and replayed == expected_replayed
 
 
-def test_candidate_pools_with_nan_scores_take_the_full_sort():
-    rng = np.random.default_rng(2)
-    codes, score, tie = rng.integers(0, 5, 500), rng.random(500), rng.random(500)
-    score[::7] = np.nan
-    caps = np.full(5, 30)
-    pools, _ = S.candidate_pools(codes, score, tie, caps, published_heap=True)
-    assert pools.tolist() == _pools_full_sort(codes, score, tie, caps, True)[0].tolist()
+@pytest.mark.parametrize("published_heap", [False, True])
+def test_nan_scores_rank_below_every_number(published_heap):
+    # Hand-worked: stratum 0 holds rows 0-2, stratum 1 rows 3-4; a NaN score ranks last.
+    codes = np.array([0, 0, 0, 1, 1])
+    score = np.array([np.nan, 0.5, 0.9, np.nan, 0.1])
+    tie = np.array([0.3, 0.2, 0.1, 0.9, 0.4])
+    pools, replayed = S.candidate_pools(codes, score, tie, np.array([2, 1]), published_heap=published_heap)
+    # Stratum 0 keeps 0.9 (row 2) then 0.5 (row 1); stratum 1 keeps 0.1 (row 4) over NaN (row 3).
+    # No number ties the score just past a cap (0.5 vs NaN, 0.1 vs NaN), so nothing is replayed.
+    assert pools.tolist() == [2, 1, 4] and replayed == 0
+
+
+def test_nan_scores_fill_a_pool_after_the_numbers_by_tie_break():
+    # Cap 2 over one number and two NaNs: the number, then the NaN row with the higher tie-break.
+    codes = np.zeros(3, dtype=np.int64)
+    score = np.array([np.nan, 0.3, np.nan])
+    tie = np.array([0.2, 0.5, 0.7])
+    pools, replayed = S.candidate_pools(codes, score, tie, np.array([2]), published_heap=False)
+    assert pools.tolist() == [1, 2] and replayed == 0
+
+
+@pytest.mark.parametrize(("published_heap", "expected", "replayed"), [(False, [1], 0), (True, [0], 1)])
+def test_a_nan_tie_break_ranks_last_unless_the_published_heap_replays(published_heap, expected, replayed):
+    # Equal scores, row 0 with a NaN tie-break: sorted, the NaN goes last (row 1 is kept); the
+    # scores tie across the cap of 1, so published mode replays the heap in scan order, which
+    # keeps the first row pushed (row 0: the next one only replaces it on a higher score).
+    codes = np.zeros(2, dtype=np.int64)
+    score, tie = np.array([0.5, 0.5]), np.array([np.nan, 0.1])
+    pools, n = S.candidate_pools(codes, score, tie, np.array([1]), published_heap=published_heap)
+    assert pools.tolist() == expected and n == replayed
 
 
 def test_heap_replay_keeps_the_published_heap_order():
@@ -220,15 +243,38 @@ def test_selection_is_the_same_walked_or_vectorised(mode, monkeypatch):
 # ---- codes, gathers, summaries --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("with_nulls", [False, True])
-def test_first_seen_codes_equal_the_sorted_codes(with_nulls):
-    values = pl.Series([random.Random(i).choice("abcde") for i in range(500)])
-    if with_nulls:
-        values = values.scatter([3, 40, 41], None)
-    fast = S.first_seen_codes(values)
-    slow = S._first_seen_codes_sorted(values.cast(pl.Categorical).to_physical().to_numpy())
-    assert all(np.array_equal(x, y) for x, y in zip(fast, slow))
-    assert np.array_equal(values.gather(fast[1]).to_numpy(), values.unique(maintain_order=True))
+def _first_seen_codes_by_dict(values: list) -> tuple[list[int], list[int], list[int]]:
+    """(code per row, first row per code, count per code) by one dict walk (None is one value)."""
+    code_of: dict = {}
+    codes, first, counts = [], [], []
+    for i, v in enumerate(values):
+        if v not in code_of:
+            code_of[v] = len(first)
+            first.append(i)
+            counts.append(0)
+        codes.append(code_of[v])
+        counts[code_of[v]] += 1
+    return codes, first, counts
+
+
+def test_first_seen_codes_equal_a_dict_walk():
+    values = [random.Random(i).choice("abcde") for i in range(500)]
+    fast = S.first_seen_codes(pl.Series(values))
+    assert [x.tolist() for x in fast] == list(_first_seen_codes_by_dict(values))
+
+
+def test_first_seen_codes_with_nulls_by_hand():
+    # b first (code 0), null next (code 1, all nulls one value), then a (2) and c (3).
+    values = pl.Series(["b", None, "a", "b", None, "c"])
+    code, first, counts = S.first_seen_codes(values)
+    assert code.tolist() == [0, 1, 2, 0, 1, 3]
+    assert first.tolist() == [0, 1, 2, 5] and counts.tolist() == [2, 2, 1, 1]
+
+
+def test_first_seen_codes_with_nulls_equal_a_dict_walk():
+    values = [random.Random(i).choice(["a", "b", None, "c"]) for i in range(300)]
+    got = S.first_seen_codes(pl.Series(values, dtype=pl.String))
+    assert [x.tolist() for x in got] == list(_first_seen_codes_by_dict(values))
 
 
 def test_series_codes_are_equal_exactly_for_equal_values():
