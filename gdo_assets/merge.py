@@ -37,7 +37,7 @@ DEFAULT_MAX_ERROR_SHARE = 0.2
 
 
 class MergeConfig(Config):
-    """Settings of the merge (ALGORITHM.md §4)."""
+    """Settings of the merge (docs/method.md, Merge and the shared score)."""
 
     clusters: int | None = Field(
         default=None,

@@ -1,4 +1,5 @@
-"""The 1x budget, quotas and hard constraints of a goal subset (ALGORITHM.md §5.2-5.3).
+"""The 1x budget, quotas and hard constraints of a goal subset (docs/method.md, Budget and
+Quotas and hard constraints).
 
 Everything here works on per-stratum / per-group counts (thousands of numbers at most), so it is
 plain Python in the published order of operations; the counts themselves come from polars.
@@ -227,7 +228,8 @@ def hard_constraints(
     group_counts_desc: Sequence[tuple[str, int]],
     profile: GoalProfile,
 ) -> HardConstraints:
-    """Video min/max counts, the temporal-video minimum and source-group floors (§5.3)."""
+    """Video min/max counts, the temporal-video minimum and source-group floors
+    (docs/method.md, Quotas and hard constraints)."""
     full_video_ratio = video_count / float(total) if total > 0 else 0.0
     min_video_ratio = profile.min_video_ratio if profile.min_video_ratio >= 0 else full_video_ratio
     min_video_ratio = max(0.0, min(1.0, min_video_ratio))

@@ -1,4 +1,5 @@
-"""The candidate score of subset construction (ALGORITHM.md §5.4) with its four ablation switches.
+"""The candidate score of subset construction, with its four ablation switches
+(docs/method.md, Candidate score).
 
 Heuristic terms depend on a few small integers and categories per QA, so each is computed once
 per distinct key with Python's `math` (bit-identical to the published per-row code) and joined

@@ -235,7 +235,10 @@ def sql(
     db: Annotated[Path, typer.Option(help="DuckDB file (read-only).")] = Path(".gdo/gdo.duckdb"),
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
-    """Query the descriptors database read-only (tables qa, descriptors, rejects, merge_report; views subset_members, scores)."""
+    """Query the descriptors database read-only (tables qa, descriptors, rejects, merge_report; views subset_members, scores).
+
+    Refused: COPY, ATTACH, DETACH, INSTALL, LOAD, EXPORT DATABASE, files outside the data folder.
+    """
     from gdo_core.sql import late_views, run_sql
 
     with clear_errors():

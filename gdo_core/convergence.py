@@ -1,4 +1,5 @@
-"""Convergence analysis (ALGORITHM.md §8): peak match, reduction, deltas, frontier, ablations, plots.
+"""Convergence analysis (docs/method.md, Convergence analysis): peak match, reduction, deltas,
+frontier, ablations, plots.
 
 Input is the `scores` table (schema.SCORE_SCHEMA): one accuracy per (arm, profile, checkpoint,
 task, subtask). A profile's Uni-10x arm is the reference: its final accuracy per benchmark is what
@@ -106,7 +107,8 @@ def _compared(scores: pl.DataFrame) -> list[tuple[str, str]]:
 
 
 def summary_table(scores: pl.DataFrame) -> pl.DataFrame:
-    """Per (profile, benchmark): finals, samples, peak match, reduction and delta (§8)."""
+    """Per (profile, benchmark): finals, samples, peak match, reduction and delta
+    (docs/method.md, Convergence analysis)."""
     final = _final(scores)
     rows = []
     for profile, task in _compared(scores):

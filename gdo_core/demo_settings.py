@@ -14,7 +14,7 @@ class DemoSettings:
     n_videos: int = 170  # about 530 video QAs, temporal questions rare among them
     chunk_lines: int = 250  # pool lines per chunk partition
     target_frames: int = 8  # frames per video QA (the paper: 32)
-    sc_samples: int = 0  # self-consistency off (the paper: 5 sampled answers); SC is then imputed (§4)
+    sc_samples: int = 0  # self-consistency off (the paper: 5 sampled answers); SC is then imputed (docs/method.md, Merge and the shared score)
     tnc_mode: str = "llm"  # temporal necessity asked of the model, as in the paper
     descriptor_batch: int = 16
     torch_threads: int = 1

@@ -1,4 +1,4 @@
-"""Scoring checkpoints with lmms-eval (ALGORITHM.md §7) and reading its results JSON.
+"""Scoring checkpoints with lmms-eval (docs/method.md, Evaluation) and reading its results JSON.
 
 gdo does not score anything itself: `score_checkpoints` runs this module as a subprocess
 (`python -m gdo_core.evaluation`), which calls lmms-eval's `simple_evaluate` once per checkpoint in

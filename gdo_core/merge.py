@@ -1,4 +1,5 @@
-"""Merge descriptor shards into DuckDB: robust stats, mini-batch k-means coverage, rho(x) (ALGORITHM.md §4).
+"""Merge descriptor shards into DuckDB: robust stats, mini-batch k-means coverage, rho(x)
+(docs/method.md, Merge and the shared score).
 
 The shards are streamed in batches three times (robust stats, k-means fit, predict + score +
 write), so memory stays bounded whatever the pool size. Missing values follow gdo_core.score:

@@ -1,4 +1,5 @@
-"""Candidate pool ingestion (ALGORITHM.md §1): JSONL rows in, one QA row per turn pair out.
+"""Candidate pool ingestion: JSONL rows in, one QA row per turn pair out
+(docs/method.md, Pool ingestion).
 
 Rows are streamed in chunks of a fixed number of lines; each chunk becomes a polars frame of
 QA rows (QA_SCHEMA) plus a frame of rejects (REJECT_SCHEMA). Only the per-row pairing walks

@@ -1,4 +1,5 @@
-"""Profile of the full pool (ALGORITHM.md §5.1): counts per field value, stratum and source."""
+"""Profile of the full pool: counts per field value, stratum and source
+(docs/method.md, Pool profile and exclusion guard)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Goal profiles (ALGORITHM.md §6): the published presets and user profiles, validated on load.
+"""Goal profiles: the published presets and user profiles, validated on load
+(docs/method.md, Goal profiles).
 
 The numbers live in one data file, `profiles.toml` beside this module. A user profile is a TOML
 file in a profiles folder (argument, or `$GDO_PROFILES_DIR`) holding only the keys it changes;
@@ -41,7 +42,7 @@ class _Spec:
 KEY_SPECS: dict[str, _Spec] = {
     "label": _Spec(str),
     "description": _Spec(str),
-    # Budget (ALGORITHM.md §5.2).
+    # Budget (docs/method.md, Budget).
     "min_count": _Spec(int, 1),
     "max_count": _Spec(int, 1),
     "min_ratio": _Spec(float, 0.0, 1.0),
@@ -52,7 +53,7 @@ KEY_SPECS: dict[str, _Spec] = {
     "vds3_target_positive": _Spec(int, 0),
     "vds3_threshold": _Spec(float),
     "vds3_max_mult": _Spec(float, 1.0),
-    # Hard constraints (§5.3).
+    # Hard constraints (docs/method.md, Quotas and hard constraints).
     "min_video_ratio": _Spec(float, 0.0, 1.0, negative_means_auto=True),
     "max_video_ratio": _Spec(float, 0.0, 1.0, negative_means_auto=True),
     "min_temporal_in_video_ratio": _Spec(float, 0.0, 1.0, negative_means_auto=True),
@@ -60,7 +61,7 @@ KEY_SPECS: dict[str, _Spec] = {
     "source_group_floor_topk": _Spec(int, 0),
     "min_source_group_ratio": _Spec(float, 0.0, 1.0),
     "floor_frac_of_expected": _Spec(float, 0.0, 1.0),
-    # Candidate pools (§5.5).
+    # Candidate pools (docs/method.md, Candidate pools and acceptance).
     "oversample": _Spec(float, 1.0),
     "video_oversample": _Spec(float, 1.0),
     "temporal_oversample": _Spec(float, 1.0),

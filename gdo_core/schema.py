@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-# The seven stratum fields, in the order they are joined into `stratum` (ALGORITHM.md §2).
+# The seven stratum fields, in the order they are joined into `stratum`
+# (docs/method.md, Stratum fields).
 STRATUM_FIELDS: tuple[str, ...] = (
     "bucket",
     "duration_bucket",
@@ -111,7 +112,8 @@ DESCRIPTOR_SCHEMA: dict[str, pl.DataType] = {
     "cache_key": pl.String(),
 }
 
-# Signals that get a robust centre/scale at merge time (ALGORITHM.md §4).
+# Signals that get a robust centre/scale at merge time
+# (docs/method.md, Merge and the shared score).
 ROBUST_SIGNALS: tuple[str, ...] = ("vds", "ppl", "amm", "frame_diversity", "sc")
 
 # Columns the merge adds to the descriptor rows (`descriptors` table in DuckDB).
@@ -140,7 +142,8 @@ SUBSET_MEMBER_SCHEMA: dict[str, pl.DataType] = {
 # The arms of a comparison: a profile's GDO 1x subset and its uniform 10x baseline.
 ARM_GDO = "gdo"
 ARM_UNI = "uni10x"
-# Ablation arms: GDO 1x built with score terms switched off (ALGORITHM.md §5.4, §8).
+# Ablation arms: GDO 1x built with score terms switched off
+# (docs/method.md, Candidate score and Convergence analysis).
 ABLATION_ARMS: tuple[str, ...] = ("gdo_wo_vds", "gdo_wo_ppl", "gdo_wo_sc", "gdo_wo_all")
 ARMS: tuple[str, ...] = (ARM_GDO, ARM_UNI, *ABLATION_ARMS)
 # The subtask name of a task's overall accuracy in `scores`.

@@ -1,4 +1,5 @@
-"""The shared score rho(x): robust z-scores, the SC fallback, vds3, ppl_mid, amm_mid (ALGORITHM.md §4).
+"""The shared score rho(x): robust z-scores, the SC fallback, vds3, ppl_mid, amm_mid
+(docs/method.md, Merge and the shared score).
 
 Missing values (a failed or skipped model pass leaves vds/ppl null; NaN counts as null) take
 the pool centre of their signal, i.e. z = 0, both here and in the k-means feature vector
@@ -44,7 +45,8 @@ QUALITY_WEIGHTS: dict[str, float] = {
     "cluster_hard": W_CLUSTER_HARD,
 }
 
-# TNC of a QA whose temporal-necessity pass gave nothing: the "undecided" value of §3.5.
+# TNC of a QA whose temporal-necessity pass gave nothing: the "undecided" value of
+# docs/method.md, Descriptors (Temporal necessity).
 TNC_MISSING = 0.5
 
 # Signals whose robust stats are taken over SC >= 0 only (SC < 0 means "not computed").

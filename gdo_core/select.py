@@ -1,5 +1,6 @@
-"""Subset construction (ALGORITHM.md §5): pool profile, exclusion guard, budget, quotas, candidate
-pools, the six selection stages, the Uni-10x baseline, summaries and SFT-ready rows.
+"""Subset construction: pool profile, exclusion guard, budget, quotas, candidate pools, the six
+selection stages, the Uni-10x baseline, summaries and SFT-ready rows (docs/method.md, sections
+Pool profile and exclusion guard through Outputs).
 
 Everything over the whole pool is polars/numpy; Python loops only where the method is sequential:
 the rejection sampling of the seeded draws in published mode (one `random.Random` stream in scan
@@ -1329,7 +1330,7 @@ def select_subsets(
         else _in_background(answer_distinct_tokens, qa)
     )
 
-    # Budget (§5.2).
+    # Budget (docs/method.md, Budget).
     qa_vds3, qa_quality, has_metrics, vds3_per_metric_row, metrics_info = _metric_terms(
         prepared, match, total
     )
@@ -1354,7 +1355,7 @@ def select_subsets(
     uni_count = options.uni_count or B.uni_size(target_count, profile.uni_multiplier)
     step("budget")
 
-    # Quotas and hard constraints (§5.3).
+    # Quotas and hard constraints (docs/method.md, Quotas and hard constraints).
     bucket_names = list(prof.bucket_counts)
     bucket_quota = B.largest_remainder_quotas(
         [prof.bucket_counts[b] for b in bucket_names], target_count
@@ -1374,13 +1375,14 @@ def select_subsets(
     )
     caps = B.candidate_caps(stratum_quotas, strata_is_video, strata_is_temporal, profile)
 
-    # Seeded draws (§5.5) on a worker thread, beside the candidate score (mostly numpy, which
-    # lets go of the GIL) and the answers' tokenising if that is still running.
+    # Seeded draws (docs/method.md, Candidate pools and acceptance) on a worker thread, beside
+    # the candidate score (mostly numpy, which lets go of the GIL) and the answers' tokenising if
+    # that is still running.
     reservoir_cap = max(uni_count, math.ceil(uni_count * max(1.0, profile.reservoir_oversample)))
     draw = published_draws if mode == "published" else stable_draws
     drawn = _in_background(draw, total, reservoir_cap, seed)
 
-    # Candidate score (§5.4).
+    # Candidate score (docs/method.md, Candidate score).
     scores = score_terms(
         score_inputs(qa, prof, distinct.result()),
         qa_vds3=qa_vds3,
@@ -1392,7 +1394,7 @@ def select_subsets(
     draws = drawn.result()
     step("score")
 
-    # Candidate pools (§5.5).
+    # Candidate pools (docs/method.md, Candidate pools and acceptance).
     pools, replayed = candidate_pools(
         prof.stratum_code, score, draws.tie, caps, published_heap=(mode == "published")
     )

@@ -4,15 +4,24 @@ Only one process writes the database (the merge, gdo_core.merge.merge_to_duckdb)
 read-only connection cannot create persistent views. So views over Parquet outputs are either
 created by that writer (`merge_to_duckdb(..., views=...)`) or, for outputs written after the
 merge, created per session as TEMP views on the read-only connection (`run_sql(..., views=...)`).
+
+A query session is read-only in the wider sense too (`read_only_connection`): DuckDB itself is
+told to touch no file outside the data folder (`enable_external_access` off, `allowed_directories`
+the data folder and the folders of the views, `lock_configuration` on so no query can undo it),
+and statements that write files or reach other databases or extensions (COPY, ATTACH, DETACH,
+INSTALL, LOAD, EXPORT DATABASE), as DuckDB's own parser classifies them, are refused before anything
+runs. Every refusal is one line naming what was refused.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,29 +229,161 @@ def format_frame(frame: pl.DataFrame, fmt: str = "table") -> str:
     return "\n".join(rows) + "\n"
 
 
+# Statement kinds a query session refuses, as DuckDB's parser classifies them: they write files
+# (COPY ... TO, EXPORT DATABASE), reach other databases (ATTACH, DETACH) or fetch and load code
+# (INSTALL, LOAD). File reads outside the allowed folders are refused by DuckDB itself.
+REFUSED_STATEMENTS: dict[duckdb.StatementType, str] = {
+    duckdb.StatementType.COPY: "COPY",
+    duckdb.StatementType.ATTACH: "ATTACH",
+    duckdb.StatementType.DETACH: "DETACH",
+    duckdb.StatementType.LOAD: "LOAD",
+    duckdb.StatementType.EXPORT: "EXPORT DATABASE",
+}
+# Catalog names DuckDB reserves; a database file with such a stem is attached under this one.
+_RESERVED_CATALOGS = frozenset({"memory", "temp", "system", "main"})
+FALLBACK_CATALOG = "gdo"
+READ_SCOPE = "gdo sql reads only files under the data folder"
+_NO_ACCESS = re.compile(r'Cannot access (?:file|directory) "(?P<path>[^"]*)"')
+_LOCKED = re.compile(r'configuration option "(?P<name>[^"]+)"')
+_NO_TABLE = re.compile(r"Table with name (?P<name>.+?) does not exist")
+
+
+def _refused(what: str, why: str) -> SqlError:
+    return SqlError(f"refused: {what} ({why})")
+
+
+def _statement_name(statement: duckdb.Statement) -> str:
+    """What a refused statement is called: its kind, with INSTALL told apart from LOAD."""
+    name = REFUSED_STATEMENTS[statement.type]
+    if statement.type == duckdb.StatementType.LOAD:
+        head = statement.query.split(None, 2)[:2]
+        if "INSTALL" in (word.upper() for word in head):
+            return "INSTALL"
+    if statement.type == duckdb.StatementType.COPY and re.search(r"(?i)\bTO\b", statement.query):
+        return "COPY ... TO"
+    return name
+
+
+def check_statements(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Refuse the whole query if any statement is of a refused kind (DuckDB's parser decides)."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise SqlError(f"query failed: {_first_line(exc)}") from None
+    for statement in statements:
+        try:
+            kind = statement.type
+        except ValueError:
+            # A statement kind this duckdb module has no name for (e.g. UPDATE EXTENSIONS).
+            first = " ".join(statement.query.split()[:2]).upper() or "an unknown statement"
+            raise _refused(first, "gdo sql runs only statements it knows") from None
+        if kind in REFUSED_STATEMENTS:
+            raise _refused(
+                _statement_name(statement),
+                "gdo sql is read-only: COPY, ATTACH, DETACH, INSTALL, LOAD and EXPORT DATABASE"
+                " are not allowed",
+            )
+
+
+def _view_folder(pattern: str | os.PathLike) -> Path:
+    """The folder a view's file or glob lives in (the part of the path before any wildcard)."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not _is_glob(part), parts))
+    if len(fixed) == len(parts):
+        fixed = fixed[:-1]  # a file: its folder
+    return Path(*fixed) if fixed else Path.cwd()
+
+
+def allowed_folders(
+    db_path: str | os.PathLike,
+    views: Mapping[str, Sequence[str | os.PathLike] | str] | None = None,
+) -> list[Path]:
+    """The folders a query session may read: the database's folder and each view's folder."""
+    given = [Path(db_path).parent]
+    for paths in (views or {}).values():
+        patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        given.extend(_view_folder(p) for p in patterns)
+    # Each folder both as written (made absolute) and with symlinks resolved: DuckDB checks the
+    # path a query names, which may go through a link.
+    return sorted({f.absolute() for f in given} | {f.resolve() for f in given})
+
+
+def read_only_connection(
+    db_path: str | os.PathLike,
+    *,
+    views: Mapping[str, Sequence[str | os.PathLike] | str] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A private read-only DuckDB session on the database that reads no file outside its folders.
+
+    The database is attached READ_ONLY (under its file stem, as `duckdb -readonly FILE` names it)
+    to a private in-memory instance, so the locked configuration below never reaches another
+    connection of this process to the same file. Then DuckDB's own guards go on: external access
+    off except for `allowed_folders` (the data folder and the views' folders), and the
+    configuration locked so that no query can turn them off again. TEMP views over `views` are
+    created on it.
+    """
+    given = Path(db_path)
+    path = given.resolve()
+    catalog = path.stem if path.stem.lower() not in _RESERVED_CATALOGS else FALLBACK_CATALOG
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_string(path)} AS {sql_identifier(catalog)} (READ_ONLY)")
+        con.execute(f"USE {sql_identifier(catalog)}")
+        # Spill beside the database, as a read-only file connection would (inside the allowed folder).
+        con.execute(f"SET temp_directory = {sql_string(str(path) + '.tmp')}")
+        con.execute("SET allowed_directories = ?", [[str(f) for f in allowed_folders(given, views)]])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET lock_configuration = true")
+        if views:
+            create_parquet_views(con, views, temporary=True)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _query_error(exc: duckdb.Error) -> SqlError:
+    """A failed query as one line; reads outside the allowed folders are reported as refused."""
+    message = _first_line(exc)
+    if isinstance(exc, duckdb.PermissionException):
+        hit = _NO_ACCESS.search(message)
+        what = f"reading {hit['path']}" if hit else message
+        return _refused(what, READ_SCOPE)
+    if "the configuration has been locked" in message:
+        hit = _LOCKED.search(message)
+        what = f"changing {hit['name']}" if hit else "changing a setting"
+        return _refused(what, "the session's settings are locked")
+    if isinstance(exc, duckdb.CatalogException):
+        # With external access off, DuckDB does not turn a quoted file path into a table scan.
+        hit = _NO_TABLE.search(message)
+        if hit and ("/" in hit["name"] or os.sep in hit["name"]) and os.path.exists(hit["name"]):
+            return _refused(f"reading {hit['name']}", READ_SCOPE)
+    return SqlError(f"query failed: {message}")
+
+
 def query_frame(
     query: str,
     db_path: str | os.PathLike,
     *,
     views: Mapping[str, Sequence[str | os.PathLike] | str] | None = None,
 ) -> pl.DataFrame:
-    """Run a query on a read-only connection and return the result as polars."""
+    """Run a query on a read-only session (`read_only_connection`); the result as polars."""
     path = Path(db_path)
     if not path.is_file():
         raise SqlError(
             f"{path}: database not found (run `gdo merge` or materialize the descriptors asset first)"
         )
     try:
-        con = duckdb.connect(str(path), read_only=True)
+        con = read_only_connection(path, views=views)
     except duckdb.Error as exc:
         raise SqlError(f"{path}: cannot open read-only: {_first_line(exc)}") from None
     try:
-        if views:
-            create_parquet_views(con, views, temporary=True)
+        check_statements(con, query)
         relation = con.sql(query)
         return relation.pl() if relation is not None else pl.DataFrame()
     except duckdb.Error as exc:
-        raise SqlError(f"query failed: {_first_line(exc)}") from None
+        raise _query_error(exc) from None
     finally:
         con.close()
 

@@ -1,4 +1,5 @@
-"""The seven stratum fields of a QA (ALGORITHM.md §2), as scalar functions and polars expressions."""
+"""The seven stratum fields of a QA, as scalar functions and polars expressions
+(docs/method.md, Stratum fields)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Training one arm with ms-swift's `swift sft` under a recipe file (ALGORITHM.md §7).
+"""Training one arm with ms-swift's `swift sft` under a recipe file
+(docs/method.md, Training recipe).
 
 gdo does not train anything itself: it turns a recipe (gdo_core/recipes/*.yaml, or a user's copy)
 and an SFT file into one `swift sft` command line, runs it as a subprocess, streams its log and

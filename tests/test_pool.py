@@ -1,4 +1,5 @@
-"""Pool ingestion: layouts, ids, resampling, rejects and chunking (ALGORITHM.md §1)."""
+"""Pool ingestion: layouts, ids, resampling, rejects and chunking (docs/method.md, Pool
+ingestion)."""
 
 import gzip
 import json

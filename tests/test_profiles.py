@@ -4,7 +4,7 @@ import pytest
 
 from gdo_core import profiles as P
 
-# ALGORITHM.md §6, column by column (MinLoss, Diverse, Temp, Temp+).
+# docs/method.md, Goal profiles, column by column (MinLoss, Diverse, Temp, Temp+).
 PAPER_TABLE = {
     "min_count": (12000, 14000, 15000, 16000),
     "max_count": (72000, 95000, 90000, 110000),

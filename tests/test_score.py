@@ -1,4 +1,4 @@
-"""Every formula of ALGORITHM.md §4 pinned on hand-made rows."""
+"""Every formula of docs/method.md, Merge and the shared score, pinned on hand-made rows."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def test_packaged_recipes_differ_only_in_learning_rate_and_max_length():
     assert demo.train.learning_rate == 1e-3 and demo.train.max_length == 2048
     same = replace(demo.train, learning_rate=paper.train.learning_rate, max_length=paper.train.max_length)
     assert same == paper.train
-    # the paper's §7 settings, written down from the paper
+    # the paper's settings (docs/method.md, Training recipe), written down from the paper
     t = paper.train
     assert (t.warmup_ratio, t.weight_decay, t.max_grad_norm) == (0.1, 0.01, 1.0)
     assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.nproc_per_node) == (1, 1, 8)

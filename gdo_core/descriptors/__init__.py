@@ -1,1 +1,2 @@
-"""The six GDO descriptors (ALGORITHM.md §3), one module per statistic, and their extraction."""
+"""The six GDO descriptors, one module per statistic, and their extraction
+(docs/method.md, Descriptors)."""

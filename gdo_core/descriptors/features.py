@@ -1,4 +1,5 @@
-"""Coverage features (ALGORITHM.md §3.7): a 16-bin stable-hash text bag and a 6-d RGB statistic."""
+"""Coverage features: a 16-bin stable-hash text bag and a 6-d RGB statistic
+(docs/method.md, Descriptors, Coverage features)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model signals (ALGORITHM.md §3.3-3.6): loss_video, loss_blind, VDS, PPL, TNC and SC.
+"""Model signals (docs/method.md, Descriptors): loss_video, loss_blind, VDS, PPL, TNC and SC.
 
 VDS = loss_blind - loss_video (mean answer cross-entropy without and with the frames);
 PPL = exp(clip(loss_video, -30, 30)); TNC asks the model (or a regex) whether the question

@@ -1,4 +1,5 @@
-"""Motion descriptors (ALGORITHM.md §3.1-3.2): AMM (mean Farneback flow magnitude) and frame diversity.
+"""Motion descriptors: AMM (mean Farneback flow magnitude) and frame diversity
+(docs/method.md, Descriptors).
 
 Both depend only on the frames, so they are computed once per distinct frame list and fanned
 out to its QAs; each list's frames are decoded once, and the lists run in parallel threads.
