@@ -1,10 +1,23 @@
-"""The gdo code location: assets, checks, jobs, sensors and resources in one Definitions."""
+"""The gdo code location: assets, checks, jobs, sensors and resources in one Definitions.
+
+`defs` is loaded lazily by Dagster (`@definitions`): GDO_DEPLOYMENT and the other GDO_*
+variables are read when Dagster builds the definitions, not when this module is imported.
+"""
 
 from __future__ import annotations
 
-from dagster import Definitions, define_asset_job, in_process_executor, multiprocess_executor
+import os
+from collections.abc import Mapping
 
-from gdo_assets.descriptors import DescriptorModel, descriptor_model_from_env, descriptor_shards
+from dagster import Definitions, define_asset_job, definitions
+
+from gdo_assets.deployment import LOCAL, deployment_from_env
+from gdo_assets.descriptors import (
+    DescriptorModel,
+    descriptor_model_from_env,
+    descriptor_shards,
+    descriptor_shards_asset,
+)
 from gdo_assets.merge import descriptors
 from gdo_assets.pool import (
     candidate_pool,
@@ -18,7 +31,9 @@ from gdo_assets.subsets import goal_subsets
 from gdo_assets.training import (
     TrainingResource,
     benchmark_scores,
+    benchmark_scores_asset,
     checkpoints,
+    checkpoints_asset,
     convergence_report,
     training_from_env,
 )
@@ -41,25 +56,41 @@ def build_definitions(
     training: TrainingResource | None = None,
     *,
     in_process: bool = False,
+    deployment: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Definitions:
-    """Definitions for one deployment; resources come from GDO_* environment variables by default."""
+    """Definitions for one deployment profile (gdo_assets.deployment).
+
+    The profile is `deployment`, else GDO_DEPLOYMENT from `env` (os.environ by default); resources
+    not given come from the GDO_* variables of `env` with the profile's device settings. With
+    `in_process` (tests, the demo) every step runs in this process, under the local profile
+    unless `deployment` names another.
+    """
+    env = os.environ if env is None else env
+    profile = deployment_from_env(env, name=deployment or (LOCAL if in_process else None))
     return Definitions(
         assets=[
-            pool_files_source, candidate_pool, pool_profile, descriptor_shards, descriptors, goal_subsets,
-            checkpoints, benchmark_scores, convergence_report,
+            pool_files_source, candidate_pool, pool_profile,
+            descriptor_shards_asset(profile.gpu_op_tags(1)), descriptors, goal_subsets,
+            checkpoints_asset(profile.gpu_op_tags(profile.gpus_per_train_step)),
+            benchmark_scores_asset(profile.gpu_op_tags(1)), convergence_report,
         ],
         jobs=[
             observe_pool_job, ingest_job, profile_job, describe_job, merge_job, subsets_job,
             train_job, score_job, report_job,
         ],
-        sensors=[pool_chunk_sensor],
+        sensors=[pool_chunk_sensor, *profile.sensors()],
         resources={
-            "gdo": project or project_from_env(),
-            "descriptor_model": descriptor_model or descriptor_model_from_env(),
-            "training": training or training_from_env(),
+            "gdo": project or project_from_env(env, **profile.project_fields()),
+            "descriptor_model": descriptor_model
+            or descriptor_model_from_env(env, **profile.descriptor_fields(env)),
+            "training": training or training_from_env(env, **profile.training_fields(env)),
         },
-        executor=in_process_executor if in_process else multiprocess_executor,
+        executor=profile.executor(in_process),
     )
 
 
-defs = build_definitions()
+@definitions
+def defs() -> Definitions:
+    """The code location Dagster loads (dagster dev, the webserver, run and step workers)."""
+    return build_definitions()

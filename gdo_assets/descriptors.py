@@ -1,11 +1,16 @@
 """descriptor_shards: the six descriptors of every QA of one pool chunk, one Parquet shard per chunk."""
 
+import dataclasses
 import hashlib
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import polars as pl
 from dagster import (
     AssetExecutionContext,
+    AssetsDefinition,
     AutomationCondition,
     ConfigurableResource,
     DataVersion,
@@ -16,6 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from gdo_assets.devices import GpuSlots
 from gdo_assets.merge import DESCRIPTOR_SHARDS, SHARDS_DIR
 from gdo_assets.partitions import pool_chunks
 from gdo_assets.pool import QA_DIR, candidate_pool
@@ -32,17 +38,26 @@ from gdo_core.descriptors.model_signals import (
 from gdo_core.pool import write_parquet_atomic
 
 CACHE_DIR = ("descriptors", "cache")
-GPU_POOL = "gpu"  # Dagster concurrency pool: `dagster instance concurrency set gpu <GPUs per machine>`
-# Under k8s_job_executor each chunk's step runs in its own pod asking for one GPU.
+GPU_POOL = "gpu"  # Dagster concurrency pool; the `gpu` profile sizes it to the visible GPUs
+K8S_CONFIG_TAG = "dagster-k8s/config"
+# The op tags GPU assets get when no deployment profile builds them (module-level assets): under
+# k8s_job_executor each step runs in its own pod asking for one GPU. The `k8s` profile adds node
+# selector, tolerations and the data volume (gdo_assets.deployment).
 GPU_OP_TAGS = {
-    "dagster-k8s/config": {
+    K8S_CONFIG_TAG: {
         "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}
     }
 }
 
 
+def step_owner(context: AssetExecutionContext) -> str:
+    """Who holds a GPU claim: the run, the step and its partition."""
+    partition = f"[{context.partition_key}]" if context.has_partition_key else ""
+    return f"run {context.run.run_id} step {context.op_def.name}{partition}"
+
+
 class DescriptorModel(ConfigurableResource):
-    """The model and settings of the descriptor pass (ALGORITHM.md §3)."""
+    """The model and settings of the descriptor pass (docs/method.md, Descriptors)."""
 
     model_dir: str | None = Field(default=None, description="Model folder (save_pretrained layout).")
     device: str = Field(default="cpu", description="cpu or cuda[:N].")
@@ -54,6 +69,9 @@ class DescriptorModel(ConfigurableResource):
     seed: int = Field(default=0, description="Seed of the SC samples.")
     torch_threads: int | None = Field(default=None, description="Torch CPU threads (default: torch's).")
     cache_dir: str | None = Field(default=None, description="Per-QA cache folder (default: data folder/descriptors/cache).")
+    gpu_slots: GpuSlots = Field(
+        default_factory=GpuSlots, description="gpu profile: each step claims its own GPU (overrides device)."
+    )
 
     def settings(self) -> DescriptorSettings:
         """The gdo_core settings; a clear error when neither a model nor motion-only is configured."""
@@ -71,49 +89,72 @@ class DescriptorModel(ConfigurableResource):
             torch_threads=self.torch_threads,
         )
 
+    @contextmanager
+    def step_settings(self, owner: str) -> Iterator[DescriptorSettings]:
+        """The settings one step runs with: under the gpu profile on the GPU claimed for it
+        (`cuda:N`, bfloat16 unless a dtype is set), released when the block ends."""
+        settings = self.settings()
+        with self.gpu_slots.claimed(owner) as claim:
+            yield settings if claim is None else dataclasses.replace(settings, device=claim.device)
 
-def descriptor_model_from_env() -> DescriptorModel:
+
+def descriptor_model_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> DescriptorModel:
     """The descriptor resource from GDO_MODEL, GDO_DEVICE, GDO_DTYPE, GDO_TNC_MODE, GDO_SC_SAMPLES,
-    GDO_BATCH_SIZE, GDO_MOTION_ONLY, GDO_TORCH_THREADS and GDO_DESCRIPTOR_CACHE."""
-    env = os.environ.get
-    return DescriptorModel(
-        model_dir=env("GDO_MODEL") or None,
-        device=env("GDO_DEVICE") or "cpu",
-        dtype=env_choice("GDO_DTYPE", tuple(DTYPES), None),
-        tnc_mode=env_choice("GDO_TNC_MODE", TNC_MODES, TNC_LLM),
-        sc_samples=env_int("GDO_SC_SAMPLES", SC_SAMPLES, minimum=0),
-        batch_size=env_int("GDO_BATCH_SIZE", DEFAULT_BATCH_SIZE, minimum=1),
-        motion_only=env_flag("GDO_MOTION_ONLY"),
-        torch_threads=env_int("GDO_TORCH_THREADS", None, minimum=1),
-        cache_dir=env("GDO_DESCRIPTOR_CACHE") or None,
+    GDO_BATCH_SIZE, GDO_MOTION_ONLY, GDO_TORCH_THREADS and GDO_DESCRIPTOR_CACHE; `env`: the
+    variables (os.environ), `overrides`: fields set by the deployment profile."""
+    env = os.environ if env is None else env
+    fields = {
+        "model_dir": env.get("GDO_MODEL") or None,
+        "device": env.get("GDO_DEVICE") or "cpu",
+        "dtype": env_choice("GDO_DTYPE", tuple(DTYPES), None, env),
+        "tnc_mode": env_choice("GDO_TNC_MODE", TNC_MODES, TNC_LLM, env),
+        "sc_samples": env_int("GDO_SC_SAMPLES", SC_SAMPLES, minimum=0, env=env),
+        "batch_size": env_int("GDO_BATCH_SIZE", DEFAULT_BATCH_SIZE, minimum=1, env=env),
+        "motion_only": env_flag("GDO_MOTION_ONLY", env),
+        "torch_threads": env_int("GDO_TORCH_THREADS", None, minimum=1, env=env),
+        "cache_dir": env.get("GDO_DESCRIPTOR_CACHE") or None,
+    }
+    return DescriptorModel(**{**fields, **overrides})
+
+
+def descriptor_shards_asset(op_tags: Mapping[str, Any] = GPU_OP_TAGS) -> AssetsDefinition:
+    """The descriptor_shards asset with the given op tags (the deployment profile's k8s pod config)."""
+
+    @asset(
+        key=DESCRIPTOR_SHARDS,
+        partitions_def=pool_chunks,
+        deps=[candidate_pool],
+        group_name="descriptors",
+        pool=GPU_POOL,
+        op_tags=dict(op_tags),
+        automation_condition=AutomationCondition.eager(),
+        description=(
+            "Per QA of one pool chunk: AMM, frame diversity, loss_video, loss_blind, VDS, PPL, TNC, SC and "
+            "coverage features (DESCRIPTOR_SCHEMA Parquet); unchanged QAs come from the per-QA cache."
+        ),
     )
+    def descriptor_shards(
+        context: AssetExecutionContext, gdo: GdoProject, descriptor_model: DescriptorModel
+    ) -> MaterializeResult:
+        """Describe one chunk's QAs (motion once per frame list, batched model pass) into its shard."""
+        return describe_chunk(context, gdo, descriptor_model)
+
+    return descriptor_shards
 
 
-@asset(
-    key=DESCRIPTOR_SHARDS,
-    partitions_def=pool_chunks,
-    deps=[candidate_pool],
-    group_name="descriptors",
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
-    automation_condition=AutomationCondition.eager(),
-    description=(
-        "Per QA of one pool chunk: AMM, frame diversity, loss_video, loss_blind, VDS, PPL, TNC, SC and "
-        "coverage features (DESCRIPTOR_SCHEMA Parquet); unchanged QAs come from the per-QA cache."
-    ),
-)
-def descriptor_shards(
+def describe_chunk(
     context: AssetExecutionContext, gdo: GdoProject, descriptor_model: DescriptorModel
 ) -> MaterializeResult:
-    """Describe one chunk's QAs (motion once per frame list, batched model pass) into its shard."""
+    """The body of descriptor_shards: one chunk's shard, on the step's device."""
     key = context.partition_key
     qa_path = gdo.path(*QA_DIR, f"{key}.parquet")
     if not qa_path.exists():
         raise Failure(f"{qa_path}: no QA rows for chunk {key}; materialize candidate_pool[{key}] first")
-    settings = descriptor_model.settings()
     cache_root = descriptor_model.cache_dir or str(gdo.path(*CACHE_DIR))
     qa = pl.read_parquet(qa_path, columns=list(QA_COLUMNS))
-    shard, stats = describe_qa_frame(qa, settings, DescriptorCache(cache_root))
+    with descriptor_model.step_settings(step_owner(context)) as settings:
+        context.log.info(f"{key}: describing on {settings.device} ({settings.dtype_name})")
+        shard, stats = describe_qa_frame(qa, settings, DescriptorCache(cache_root))
     path = write_parquet_atomic(shard, gdo.path(*SHARDS_DIR, f"{key}.parquet"))
     seconds = stats.motion_seconds + stats.model_seconds
     context.log.info(f"{key}: {stats.computed} QAs computed, {stats.reused} reused from the cache")
@@ -130,3 +171,6 @@ def descriptor_shards(
     return MaterializeResult(
         metadata=metadata, data_version=DataVersion(hashlib.sha256(path.read_bytes()).hexdigest()[:32])
     )
+
+
+descriptor_shards = descriptor_shards_asset()

@@ -1,10 +1,12 @@
 """The project resource: where the pool files are and where gdo keeps its data."""
 
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field
 
 from gdo_core.pool import (
@@ -28,6 +30,19 @@ class GdoProject(ConfigurableResource):
     chunk_lines: int = Field(default=DEFAULT_CHUNK_LINES, description="Lines per pool chunk partition.")
     target_frames: int = Field(default=DEFAULT_TARGET_FRAMES, description="Frames kept per video QA.")
     media_root: str | None = Field(default=None, description="Root of relative media paths (default: the pool file's folder).")
+    data_mount: str | None = Field(
+        default=None,
+        description="k8s profile: where the shared data volume is mounted; a step fails at once when it is not mounted.",
+    )
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Under the k8s profile, refuse to run a step whose pod lacks the data volume: its outputs
+        would land on the pod's own disk and vanish with it."""
+        if self.data_mount and not is_mount_point(self.data_mount):
+            raise Failure(
+                f"{self.data_mount} is not a mounted volume in this pod: mount the data PVC there "
+                "(GDO_K8S_PVC, GDO_K8S_MOUNT_PATH; see docs/deploy.md)"
+            )
 
     @property
     def root(self) -> Path:
@@ -64,9 +79,20 @@ class EnvError(ValueError):
     """A GDO_* environment variable whose value gdo cannot use (the message names it)."""
 
 
-def env_int(name: str, default: int | None, minimum: int = 0) -> int | None:
-    """Whole number from $name (unset or blank: default), at least `minimum`."""
-    raw = os.environ.get(name, "").strip()
+def is_mount_point(path: str) -> bool:
+    """Whether `path` is a mount point (bind mounts included, which os.path.ismount can miss)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == os.path.normpath(path) for line in f if len(line.split()) > 4)
+    except OSError:
+        return False
+
+
+def env_int(name: str, default: int | None, minimum: int = 0, env: Mapping[str, str] | None = None) -> int | None:
+    """Whole number from $name (unset or blank: default), at least `minimum`; `env`: os.environ."""
+    raw = (os.environ if env is None else env).get(name, "").strip()
     if not raw:
         return default
     try:
@@ -78,9 +104,9 @@ def env_int(name: str, default: int | None, minimum: int = 0) -> int | None:
     return value
 
 
-def env_flag(name: str) -> bool:
+def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
     """On/off from $name: 1/true/yes or 0/false/no (any case; unset or blank: off)."""
-    raw = os.environ.get(name, "").strip()
+    raw = (os.environ if env is None else env).get(name, "").strip()
     if raw.lower() in ("", "0", "false", "no"):
         return False
     if raw.lower() in ("1", "true", "yes"):
@@ -88,9 +114,11 @@ def env_flag(name: str) -> bool:
     raise EnvError(f"{name}={raw!r}: expected 1, true or yes (on), or 0, false or no (off)")
 
 
-def env_choice(name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+def env_choice(
+    name: str, choices: tuple[str, ...], default: str | None, env: Mapping[str, str] | None = None
+) -> str | None:
     """One of `choices` from $name (unset or blank: default)."""
-    raw = os.environ.get(name, "").strip()
+    raw = (os.environ if env is None else env).get(name, "").strip()
     if not raw:
         return default
     if raw not in choices:
@@ -98,17 +126,34 @@ def env_choice(name: str, choices: tuple[str, ...], default: str | None) -> str 
     return raw
 
 
+def env_json(name: str, kind: type, example: str, env: Mapping[str, str] | None = None):
+    """A JSON value of type `kind` (dict or list) from $name (unset or blank: an empty one)."""
+    raw = (os.environ if env is None else env).get(name, "").strip()
+    if not raw:
+        return kind()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise EnvError(f"{name}={raw!r}: not JSON ({exc.msg}); expected e.g. {example}") from None
+    if not isinstance(value, kind):
+        raise EnvError(f"{name}={raw!r}: expected a JSON {'object' if kind is dict else 'list'}, e.g. {example}")
+    return value
+
+
 def _split_paths(value: str | None) -> list[str]:
     return [p for p in (value or "").split(os.pathsep) if p]
 
 
-def project_from_env() -> GdoProject:
-    """The project resource configured from GDO_* environment variables (defaults otherwise)."""
-    return GdoProject(
-        data_dir=os.environ.get("GDO_DATA_DIR") or ".gdo",
-        onevision=_split_paths(os.environ.get("GDO_ONEVISION")),
-        video=_split_paths(os.environ.get("GDO_VIDEO")),
-        chunk_lines=env_int("GDO_CHUNK_LINES", DEFAULT_CHUNK_LINES, minimum=1),
-        target_frames=env_int("GDO_TARGET_FRAMES", DEFAULT_TARGET_FRAMES, minimum=1),
-        media_root=os.environ.get("GDO_MEDIA_ROOT") or None,
-    )
+def project_from_env(env: Mapping[str, str] | None = None, **overrides) -> GdoProject:
+    """The project resource configured from GDO_* environment variables (defaults otherwise);
+    `env`: the variables (os.environ), `overrides`: fields set by the deployment profile."""
+    env = os.environ if env is None else env
+    fields = {
+        "data_dir": env.get("GDO_DATA_DIR") or ".gdo",
+        "onevision": _split_paths(env.get("GDO_ONEVISION")),
+        "video": _split_paths(env.get("GDO_VIDEO")),
+        "chunk_lines": env_int("GDO_CHUNK_LINES", DEFAULT_CHUNK_LINES, minimum=1, env=env),
+        "target_frames": env_int("GDO_TARGET_FRAMES", DEFAULT_TARGET_FRAMES, minimum=1, env=env),
+        "media_root": env.get("GDO_MEDIA_ROOT") or None,
+    }
+    return GdoProject(**{**fields, **overrides})

@@ -13,12 +13,16 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from dagster import (
     AssetDep,
     AssetExecutionContext,
+    AssetsDefinition,
     ConfigurableResource,
     Failure,
     MaterializeResult,
@@ -30,7 +34,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from gdo_assets.descriptors import GPU_OP_TAGS, GPU_POOL
+from gdo_assets.descriptors import GPU_OP_TAGS, GPU_POOL, step_owner
+from gdo_assets.devices import GpuSlots
 from gdo_assets.project import EnvError, GdoProject, env_int
 from gdo_assets.subsets import (
     GOAL_SUBSETS,
@@ -73,8 +78,10 @@ ABLATION_SWITCHES: dict[str, dict[str, bool]] = {
 arms = StaticPartitionsDefinition(list(S.ARMS))
 # One partition per (goal profile, arm): the profile's GDO 1x, its Uni-10x, and ablation arms.
 profile_arms = MultiPartitionsDefinition({"profile": goal_profiles, "arm": arms})
-# What checkpoints and benchmark_scores share: per-arm partitions, the GPU pool, a GPU per k8s pod.
-ARM_ASSET = {"partitions_def": profile_arms, "group_name": "training", "pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
+# What checkpoints and benchmark_scores share: per-arm partitions, the GPU pool (op tags: k8s pod config).
+ARM_ASSET = {"partitions_def": profile_arms, "group_name": "training", "pool": GPU_POOL}
+# checkpoints[profile|arm] reads the goal_subsets[profile] partition (made once: a beta class).
+SUBSETS_OF_PROFILE = AssetDep(GOAL_SUBSETS, partition_mapping=MultiToSingleDimensionPartitionMapping("profile"))
 
 
 class TrainingResource(ConfigurableResource):
@@ -87,6 +94,10 @@ class TrainingResource(ConfigurableResource):
         description="GPU indices this step may use, e.g. '0,1' (default: none, CPU). Scoring uses the first.",
     )
     cpu_threads: int = Field(default=1, description="OMP threads per process on CPU.")
+    gpu_slots: GpuSlots = Field(
+        default_factory=GpuSlots, description="gpu profile: each step claims its own GPUs (overrides gpus)."
+    )
+    gpus_per_train_step: int = Field(default=1, description="gpu profile: GPUs one training step claims.")
 
     def load(self) -> Recipe:
         """The recipe; a Dagster failure naming the file when it is bad."""
@@ -108,6 +119,25 @@ class TrainingResource(ConfigurableResource):
         gpus = self.gpu_list()
         return EvalLaunch(gpu=gpus[0] if gpus else None, cpu_threads=self.cpu_threads)
 
+    @contextmanager
+    def step_launch(self, owner: str) -> Iterator[Launch]:
+        """Where one training step runs: under the gpu profile on the GPUs claimed for it (its
+        subprocesses see only them through CUDA_VISIBLE_DEVICES), released when the block ends."""
+        with self.gpu_slots.claimed(owner, self.gpus_per_train_step) as claim:
+            if claim is None:
+                yield self.launch()
+            else:
+                yield Launch(gpus=tuple(int(g) for g in claim.ids), cpu_threads=self.cpu_threads)
+
+    @contextmanager
+    def step_eval_launch(self, owner: str) -> Iterator[EvalLaunch]:
+        """Where one scoring step runs: under the gpu profile on the GPU claimed for it."""
+        with self.gpu_slots.claimed(owner) as claim:
+            if claim is None:
+                yield self.eval_launch()
+            else:
+                yield EvalLaunch(gpu=int(claim.ids[0]), cpu_threads=self.cpu_threads)
+
     def model(self) -> Path:
         """The model folder (train_arm checks it holds a model)."""
         if not self.model_dir:
@@ -115,18 +145,20 @@ class TrainingResource(ConfigurableResource):
         return Path(self.model_dir).resolve()
 
 
-def training_from_env() -> TrainingResource:
-    """The training resource from GDO_MODEL, GDO_RECIPE, GDO_GPUS and GDO_CPU_THREADS."""
-    env = os.environ.get
-    gpus = (env("GDO_GPUS") or "").strip() or None
+def training_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> TrainingResource:
+    """The training resource from GDO_MODEL, GDO_RECIPE, GDO_GPUS and GDO_CPU_THREADS; `env`: the
+    variables (os.environ), `overrides`: fields set by the deployment profile."""
+    env = os.environ if env is None else env
+    gpus = (env.get("GDO_GPUS") or "").strip() or None
     if gpus is not None and not re.fullmatch(r"\d+(\s*,\s*\d+)*", gpus):
         raise EnvError(f"GDO_GPUS={gpus!r}: expected GPU indices separated by commas, e.g. 0,1")
-    return TrainingResource(
-        model_dir=env("GDO_MODEL") or None,
-        recipe=env("GDO_RECIPE") or "paper",
-        gpus=gpus,
-        cpu_threads=env_int("GDO_CPU_THREADS", 1, minimum=1),
-    )
+    fields = {
+        "model_dir": env.get("GDO_MODEL") or None,
+        "recipe": env.get("GDO_RECIPE") or "paper",
+        "gpus": gpus,
+        "cpu_threads": env_int("GDO_CPU_THREADS", 1, minimum=1, env=env),
+    }
+    return TrainingResource(**{**fields, **overrides})
 
 
 def run_dir(project: GdoProject, profile: str, arm: str) -> Path:
@@ -212,24 +244,40 @@ def _partition(context: AssetExecutionContext) -> tuple[str, str]:
     return keys["profile"], keys["arm"]
 
 
-@asset(
-    name=CHECKPOINTS,
-    deps=[AssetDep(GOAL_SUBSETS, partition_mapping=MultiToSingleDimensionPartitionMapping("profile"))],
-    **ARM_ASSET,
-    description="One arm (GDO 1x, Uni-10x or an ablation) fine-tuned for one epoch with `swift sft` under the recipe; every checkpoint kept.",
-)
-def checkpoints(context: AssetExecutionContext, gdo: GdoProject, training: TrainingResource) -> MaterializeResult:
-    """Train one arm into runs/<profile>/<arm>/ (a fresh run: old checkpoints and their scores go)."""
+def checkpoints_asset(op_tags: Mapping[str, Any] = GPU_OP_TAGS) -> AssetsDefinition:
+    """The checkpoints asset with the given op tags (the deployment profile's k8s pod config)."""
+
+    @asset(
+        name=CHECKPOINTS,
+        deps=[SUBSETS_OF_PROFILE],
+        op_tags=dict(op_tags),
+        **ARM_ASSET,
+        description="One arm (GDO 1x, Uni-10x or an ablation) fine-tuned for one epoch with `swift sft` under the recipe; every checkpoint kept.",
+    )
+    def checkpoints(context: AssetExecutionContext, gdo: GdoProject, training: TrainingResource) -> MaterializeResult:
+        """Train one arm into runs/<profile>/<arm>/ (a fresh run: old checkpoints and their scores go)."""
+        return train_partition(context, gdo, training)
+
+    return checkpoints
+
+
+checkpoints = checkpoints_asset()
+
+
+def train_partition(context: AssetExecutionContext, gdo: GdoProject, training: TrainingResource) -> MaterializeResult:
+    """The body of checkpoints: train one arm on the step's GPUs (or CPU)."""
     profile, arm = _partition(context)
-    recipe, launch, model = training.load(), training.launch(), training.model()
+    recipe, model = training.load(), training.model()
     dataset = arm_dataset(context, gdo, profile, arm)
     folder = run_dir(gdo, profile, arm)
     shutil.rmtree(folder, ignore_errors=True)
     scores_file(gdo, profile, arm).unlink(missing_ok=True)  # scores of the old checkpoints are stale
     started = time.perf_counter()
     try:
-        result = train_arm(recipe, model_dir=model, dataset=dataset, run_dir=folder, launch=launch,
-                           on_line=_Progress(context, f"{profile}/{arm}"))
+        with training.step_launch(step_owner(context)) as launch:
+            context.log.info(f"{profile}/{arm}: training on " + (f"GPUs {launch.gpus}" if launch.on_gpu else "CPU"))
+            result = train_arm(recipe, model_dir=model, dataset=dataset, run_dir=folder, launch=launch,
+                               on_line=_Progress(context, f"{profile}/{arm}"))
     except CommandFailed as exc:
         raise _failure(exc, f"training {profile}/{arm}") from None
     except (OSError, ValueError) as exc:
@@ -283,14 +331,28 @@ def include_path_of(recipe: Recipe, project: GdoProject) -> Path | None:
     return path if path.is_absolute() else project.path(str(path))
 
 
-@asset(
-    name=BENCHMARK_SCORES,
-    deps=[CHECKPOINTS],
-    **ARM_ASSET,
-    description="lmms-eval accuracy of every checkpoint of one arm, per benchmark and subtask (the `scores` view).",
-)
-def benchmark_scores(context: AssetExecutionContext, gdo: GdoProject, training: TrainingResource) -> MaterializeResult:
-    """Score the arm's checkpoints in step order; those already in its scores file are kept, not rescored."""
+def benchmark_scores_asset(op_tags: Mapping[str, Any] = GPU_OP_TAGS) -> AssetsDefinition:
+    """The benchmark_scores asset with the given op tags (the deployment profile's k8s pod config)."""
+
+    @asset(
+        name=BENCHMARK_SCORES,
+        deps=[CHECKPOINTS],
+        op_tags=dict(op_tags),
+        **ARM_ASSET,
+        description="lmms-eval accuracy of every checkpoint of one arm, per benchmark and subtask (the `scores` view).",
+    )
+    def benchmark_scores(context: AssetExecutionContext, gdo: GdoProject, training: TrainingResource) -> MaterializeResult:
+        """Score the arm's checkpoints in step order; those already in its scores file are kept, not rescored."""
+        return score_partition(context, gdo, training)
+
+    return benchmark_scores
+
+
+benchmark_scores = benchmark_scores_asset()
+
+
+def score_partition(context: AssetExecutionContext, gdo: GdoProject, training: TrainingResource) -> MaterializeResult:
+    """The body of benchmark_scores: score the arm's new checkpoints on the step's GPU (or CPU)."""
     profile, arm = _partition(context)
     recipe = training.load()
     folder = run_dir(gdo, profile, arm)
@@ -307,10 +369,11 @@ def benchmark_scores(context: AssetExecutionContext, gdo: GdoProject, training: 
     context.log.info(f"{profile}/{arm}: {len(pending)} checkpoints to score, {len(found) - len(pending)} already scored")
     started = time.perf_counter()
     try:
-        results = score_checkpoints(
-            recipe.path, [p for _, p in pending], folder / "eval", training.eval_launch(),
-            include_path=include_path_of(recipe, gdo), on_line=_EvalLog(context),
-        )
+        with training.step_eval_launch(step_owner(context)) as launch:
+            results = score_checkpoints(
+                recipe.path, [p for _, p in pending], folder / "eval", launch,
+                include_path=include_path_of(recipe, gdo), on_line=_EvalLog(context),
+            )
     except CommandFailed as exc:
         raise _failure(exc, f"scoring {profile}/{arm}") from None
     except (OSError, ValueError) as exc:

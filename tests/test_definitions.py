@@ -18,8 +18,11 @@ EXPECTED_JOBS = [
 ]
 
 
-def test_definitions_snapshot():
-    repo = defs.get_repository_def()
+def test_definitions_snapshot(monkeypatch):
+    # `defs` is lazy (@dagster.definitions): Dagster calls it to build the code location, under
+    # the profile GDO_DEPLOYMENT names (local here; the others: tests/test_execution_profiles.py).
+    monkeypatch.delenv("GDO_DEPLOYMENT", raising=False)
+    repo = defs().get_repository_def()
     keys = sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys())
     assert keys == EXPECTED_ASSET_KEYS
     assert sorted(job.name for job in repo.get_all_jobs()) == EXPECTED_JOBS
