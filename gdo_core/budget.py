@@ -1,24 +1,50 @@
-"""The 1x budget, quotas and hard constraints of a goal subset (docs/method.md, Budget and
-Quotas and hard constraints).
+"""The 1x budget and the Uni-10x size of a goal subset (docs/method.md, Budget).
 
-Everything here works on per-stratum / per-group counts (thousands of numbers at most), so it is
-plain Python in the published order of operations; the counts themselves come from polars.
+Everything here works on per-stratum counts (thousands of numbers at most), so it is plain Python
+in the published order of operations; the counts themselves come from polars. The quotas and
+hard constraints that follow from the budget are in `quotas`, the pool caps in `candidate_pools`
+(both re-exported here, where they used to live).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gdo_core.candidate_pools import candidate_caps
 from gdo_core.profiles import GoalProfile
+from gdo_core.quotas import (
+    FLOOR_TOTAL_CAP,
+    HardConstraints,
+    hard_constraints,
+    largest_remainder_quotas,
+    source_group_floors,
+)
+
+__all__ = [
+    "ENTROPY_FLOOR",
+    "FLOOR_TOTAL_CAP",
+    "TAIL_PROB_FLOOR",
+    "UNI_SIZE_MIN",
+    "Budget",
+    "HardConstraints",
+    "auto_budget",
+    "candidate_caps",
+    "fixed_budget",
+    "hard_constraints",
+    "largest_remainder_quotas",
+    "selection_budget",
+    "source_group_floors",
+    "uni_size",
+    "vds3_adjusted_budget",
+]
 
 ENTROPY_FLOOR = 1e-12  # p floor inside the entropy's log
 TAIL_PROB_FLOOR = 1e-9  # p_tail floor in n_tail = tail_target / p_tail
-FLOOR_TOTAL_CAP = 0.7  # source-group floors may take at most 70% of the budget
 UNI_SIZE_MIN = 1
 
 
@@ -136,140 +162,25 @@ def uni_size(target_count: int, multiplier: float) -> int:
     return max(UNI_SIZE_MIN, math.ceil(target_count * (multiplier if multiplier > 0 else 1.0)))
 
 
-def largest_remainder_quotas(counts: Sequence[int] | np.ndarray, target_count: int) -> np.ndarray:
-    """Quotas proportional to counts: floor, then +1 by largest fractional part (ties: input order)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = float(counts.sum())
-    if counts.size == 0 or total <= 0:
-        return np.zeros(counts.size, dtype=np.int64)
-    raw = target_count * (counts / total)
-    quota = np.floor(raw)
-    remain = int(target_count - quota.sum())
-    quota = quota.astype(np.int64)
-    if remain > 0:
-        order = np.argsort(-(raw - quota), kind="stable")
-        # remain < len(counts) always holds; the modulo keeps the published wrap-around anyway.
-        bumps = order[np.arange(remain) % order.size]
-        np.add.at(quota, bumps, 1)
-    return quota
-
-
-@dataclass
-class HardConstraints:
-    """Video bounds, temporal minimum and source-group floors for one 1x size."""
-
-    temporal_categories: tuple[str, ...]
-    full_video_ratio: float
-    full_temporal_in_video_ratio: float
-    min_video_ratio_effective: float
-    min_video_count: int
-    max_video_ratio_effective: float
-    max_video_count: int
-    min_temporal_in_video_ratio_effective: float
-    min_temporal_video_count: int
-    source_group_floor_requirements: dict[str, int] = field(default_factory=dict)
-
-    def targets(self) -> dict[str, Any]:
-        """The target half of the report's hard_constraints block."""
-        return {
-            "temporal_categories": sorted(self.temporal_categories),
-            "full_video_ratio": self.full_video_ratio,
-            "full_temporal_in_video_ratio": self.full_temporal_in_video_ratio,
-            "min_video_ratio_effective": self.min_video_ratio_effective,
-            "min_video_count": self.min_video_count,
-            "max_video_ratio_effective": self.max_video_ratio_effective,
-            "max_video_count": self.max_video_count,
-            "min_temporal_in_video_ratio_effective": self.min_temporal_in_video_ratio_effective,
-            "min_temporal_video_count": self.min_temporal_video_count,
-            "source_group_floor_requirements": dict(self.source_group_floor_requirements),
-        }
-
-
-def source_group_floors(
-    group_counts_desc: Sequence[tuple[str, int]],
-    target_count: int,
+def selection_budget(
     total: int,
+    stratum_counts: Sequence[int],
     profile: GoalProfile,
-) -> dict[str, int]:
-    """Floors for the top-k groups (counts sorted desc, ties first-seen): max(ratio floor, frac*expected)."""
-    topk, min_ratio, frac = (
-        profile.source_group_floor_topk,
-        profile.min_source_group_ratio,
-        profile.floor_frac_of_expected,
-    )
-    if topk <= 0 or min_ratio <= 0 or total <= 0 or target_count <= 0:
-        return {}
-    floor_abs = max(1, math.ceil(target_count * min_ratio))
-    req: dict[str, int] = {}
-    for group, cnt in list(group_counts_desc)[:topk]:
-        if cnt <= 0:
-            continue
-        expected = target_count * (cnt / float(total))
-        required = max(floor_abs, math.ceil(max(0.0, frac) * expected))
-        if required <= math.floor(expected):  # only where the group can carry it
-            req[group] = required
-    max_total = math.floor(target_count * FLOOR_TOTAL_CAP)
-    if max_total <= 0:
-        return {}
-    total_req = sum(req.values())
-    if total_req > max_total:
-        scale = max_total / float(total_req)
-        req = {g: max(1, math.floor(v * scale)) for g, v in req.items()}
-    return req
-
-
-def hard_constraints(
     *,
-    target_count: int,
-    total: int,
-    video_count: int,
-    temporal_video_count: int,
-    video_quota: int,
-    group_counts_desc: Sequence[tuple[str, int]],
-    profile: GoalProfile,
-) -> HardConstraints:
-    """Video min/max counts, the temporal-video minimum and source-group floors
-    (docs/method.md, Quotas and hard constraints)."""
-    full_video_ratio = video_count / float(total) if total > 0 else 0.0
-    min_video_ratio = profile.min_video_ratio if profile.min_video_ratio >= 0 else full_video_ratio
-    min_video_ratio = max(0.0, min(1.0, min_video_ratio))
-    min_video_count = math.ceil(min_video_ratio * target_count)
-    max_video_ratio = (
-        1.0 if profile.max_video_ratio < 0 else max(0.0, min(1.0, profile.max_video_ratio))
-    )
-    max_video_count = math.floor(max_video_ratio * target_count)
-    max_video_count = max(min_video_count, min(max_video_count, target_count))
-    full_temporal_ratio = temporal_video_count / float(video_count) if video_count > 0 else 0.0
-    min_temporal_ratio = (
-        profile.min_temporal_in_video_ratio
-        if profile.min_temporal_in_video_ratio >= 0
-        else full_temporal_ratio
-    )
-    min_temporal_ratio = max(0.0, min(1.0, min_temporal_ratio))
-    temporal_base = max(min_video_count, video_quota)
-    min_temporal_count = max(0, min(math.ceil(min_temporal_ratio * temporal_base), target_count))
-    return HardConstraints(
-        temporal_categories=tuple(profile.temporal_categories),
-        full_video_ratio=full_video_ratio,
-        full_temporal_in_video_ratio=full_temporal_ratio,
-        min_video_ratio_effective=min_video_ratio,
-        min_video_count=min_video_count,
-        max_video_ratio_effective=max_video_ratio,
-        max_video_count=max_video_count,
-        min_temporal_in_video_ratio_effective=min_temporal_ratio,
-        min_temporal_video_count=min_temporal_count,
-        source_group_floor_requirements=source_group_floors(
-            group_counts_desc, target_count, total, profile
-        ),
-    )
-
-
-def candidate_caps(
-    quotas: np.ndarray, is_video: np.ndarray, is_temporal_video: np.ndarray, profile: GoalProfile
-) -> np.ndarray:
-    """Per-stratum pool size cap_s = max(q_s, ceil(q_s*m)), m raised for video and temporal strata."""
-    mult = np.full(quotas.size, max(profile.oversample, 1.0))
-    mult = np.where(is_video, np.maximum(mult, profile.video_oversample), mult)
-    mult = np.where(is_temporal_video, np.maximum(mult, profile.temporal_oversample), mult)
-    caps = np.maximum(quotas, np.ceil(quotas * mult).astype(np.int64))
-    return np.where(quotas > 0, caps, 0)
+    target_count: int | None,
+    target_ratio: float | None,
+    uni_count: int | None,
+    vds3_per_metric_row: np.ndarray | None,
+) -> Budget:
+    """The 1x size (fixed when a count or ratio is given, else automatic and, with
+    vds3_per_metric_row, raised for vds3') and the Uni size (uni_count, else from the 1x size)."""
+    if (target_count or 0) > 0 or (target_ratio or 0) > 0:
+        n, info = fixed_budget(total, target_count, target_ratio)
+    else:
+        n, info = auto_budget(total, stratum_counts, profile)
+        if vds3_per_metric_row is not None and info.get("mode") == "distribution_auto":
+            n, vds3_info = vds3_adjusted_budget(n, total, vds3_per_metric_row, profile)
+            info["vds3_adjustment"] = vds3_info
+            info["recommended_count"] = n
+            info["recommended_ratio"] = n / float(total)
+    return Budget(n, uni_count or uni_size(n, profile.uni_multiplier), info)

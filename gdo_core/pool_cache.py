@@ -70,6 +70,7 @@ _PARSER_MODULES = (
     "pool_cache.py",
     "candidate_score.py",
     "select.py",
+    "row_codes.py",
 )
 
 

@@ -48,8 +48,8 @@ QA_SCHEMA: dict[str, pl.DataType] = {
 # Categorical (4 bytes a row instead of a 16-byte string view, plus the long strings' bytes).
 LOW_CARD_COLUMNS = ("data_source", *STRATUM_FIELDS, "stratum", "source_file")
 
-# Optional QA column: per QA, the first row with the same (question, answer) (`select.text_codes`),
-# kept with a table whose texts stay on disk.
+# Optional QA column: per QA, the first row with the same (question, answer)
+# (`row_codes.text_codes`), kept with a table whose texts stay on disk.
 TEXT_CODE = "text_code"
 
 # One row per input line or turn that yielded no QA (`rejects` table).
