@@ -31,8 +31,6 @@ draws from numpy, pools = exact top-k by (score, tie-break)).
 from __future__ import annotations
 
 import math
-import sys
-import types
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +39,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gdo_core import acceptance, draws, row_codes
 from gdo_core import budget as B
 from gdo_core.acceptance import (
     GREEDY_LOOP_MAX,
@@ -192,28 +189,6 @@ __all__ = [
     "text_codes",
     "text_hashes",
 ]
-
-# Tunables that other code sets on this module (tests do, with monkeypatch): setting one here
-# sets it in the module whose code reads it as well.
-_SET_THROUGH = {
-    "GREEDY_LOOP_MAX": acceptance,
-    "GREEDY_MAX_ROUNDS": acceptance,
-    "TEXT_CODE_CHUNK_ROWS": row_codes,
-    "_expected_words": draws,
-}
-
-
-class _SelectModule(types.ModuleType):
-    """This module, whose names in _SET_THROUGH are set in their own modules too."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SET_THROUGH:
-            setattr(_SET_THROUGH[name], name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _SelectModule
-
 
 @dataclass
 class SelectOptions:

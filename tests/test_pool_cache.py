@@ -295,11 +295,12 @@ def test_stored_texts_take_rows_across_batches(tmp_path, monkeypatch):
 def test_text_codes_tell_joined_texts_apart_exactly(monkeypatch):
     """Equal codes exactly for equal question|||answer joins, whatever the chunking (quirk kept:
     ("a|||b", "x") and ("a", "b|||x") are the same pair)."""
+    from gdo_core import row_codes
     from gdo_core import select as S
 
     rng = random.Random(0)
     for chunk in (1, 7, 65_536):
-        monkeypatch.setattr(S, "TEXT_CODE_CHUNK_ROWS", chunk)
+        monkeypatch.setattr(row_codes, "TEXT_CODE_CHUNK_ROWS", chunk)
         for n in (0, 1, 50, 300):
             qs = [rng.choice(["a", "b", "a|||b", "", "c"]) for _ in range(n)]
             ans = [rng.choice(["x", "b|||x", ""]) for _ in range(n)]

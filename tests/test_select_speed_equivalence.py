@@ -9,7 +9,9 @@ import polars as pl
 import pytest
 from test_select import make_metrics, make_qa, small_profile
 
+from gdo_core import acceptance
 from gdo_core import candidate_score as C
+from gdo_core import draws as draw_module
 from gdo_core import select as S
 
 # ---- seeded draws -------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ def test_published_draws_equal_the_scan(n, cap):
 
 
 def test_published_draws_draw_a_longer_stream_when_short(monkeypatch):
-    monkeypatch.setattr(S, "_expected_words", lambda n_rows, fill: 8)
+    monkeypatch.setattr(draw_module, "_expected_words", lambda n_rows, fill: 8)
     draws = S.published_draws(3000, 100, 7)
     tie, reservoir, uni_order = _published_draws_loop(3000, 100, 7)
     assert draws.tie.tolist() == tie
@@ -175,7 +177,7 @@ def _random_attrs(rng, n):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("loop_max", [0, 10**9])  # all vectorised / all walked
 def test_fill_equals_the_row_by_row_rule(seed, loop_max, monkeypatch):
-    monkeypatch.setattr(S, "GREEDY_LOOP_MAX", loop_max)
+    monkeypatch.setattr(acceptance, "GREEDY_LOOP_MAX", loop_max)
     rng = np.random.default_rng(seed)
     n = 3000
     attrs = _random_attrs(rng, n)
@@ -206,8 +208,8 @@ def test_fill_falls_back_to_the_walk_when_rounds_run_out(monkeypatch):
     attrs = _random_attrs(rng, 2000)
     outcomes = []
     for rounds in (0, 1, 64):
-        monkeypatch.setattr(S, "GREEDY_MAX_ROUNDS", rounds)
-        monkeypatch.setattr(S, "GREEDY_LOOP_MAX", 0)
+        monkeypatch.setattr(acceptance, "GREEDY_MAX_ROUNDS", rounds)
+        monkeypatch.setattr(acceptance, "GREEDY_LOOP_MAX", 0)
         acc = S._Acceptor(
             attrs["uid"],
             attrs["text"],
@@ -233,7 +235,7 @@ def test_selection_is_the_same_walked_or_vectorised(mode, monkeypatch):
     options = S.SelectOptions(mode=mode)
     results = []
     for loop_max in (0, 10**9):
-        monkeypatch.setattr(S, "GREEDY_LOOP_MAX", loop_max)
+        monkeypatch.setattr(acceptance, "GREEDY_LOOP_MAX", loop_max)
         results.append(S.select_subsets(qa, small_profile(), metrics=metrics, options=options))
     a, b = results
     assert a.gdo.rows == b.gdo.rows and a.gdo.stages == b.gdo.stages
