@@ -1,7 +1,8 @@
-"""`gdo` commands that drive Dagster: register-pool and demo, added to the method's CLI."""
+"""`gdo` commands that drive Dagster: register-pool, backfill and demo, added to the method's CLI."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,8 @@ def register_pool(
     video: Annotated[Path | None, typer.Option(help="Video pool file.")] = None,
     chunk_lines: Annotated[int, typer.Option(min=1, help="Lines per chunk partition.")] = 20_000,
 ) -> None:
-    """Register the pool's chunk partitions with the Dagster instance (DAGSTER_HOME)."""
+    """Register the pool's chunk partitions with the Dagster instance (DAGSTER_HOME); chunks these
+    files no longer have are retired. `gdo backfill` does this for the whole project and reruns what is stale."""
     from dagster import DagsterInstance
 
     from gdo_assets.pool import register_chunks
@@ -29,6 +31,42 @@ def register_pool(
             raise CliError("give at least one of --onevision and --video")
         new, total = register_chunks(DagsterInstance.get(), onevision, video, chunk_lines)
     typer.echo(f"registered {len(new)} new chunk partitions ({total} in the pool)")
+
+
+@app.command()
+def backfill(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what is stale and what would run; change and run nothing.")
+    ] = False,
+    rehash: Annotated[
+        bool,
+        typer.Option("--rehash", help="Read and fingerprint every pool file, not only those whose size or mtime changed."),
+    ] = False,
+) -> None:
+    """Follow a changed pool: register new chunks, retire chunks of shrunk or deleted files, and
+    rerun only the stale chunk partitions, then the merge and the subsets, as runs on the Dagster
+    instance at DAGSTER_HOME (the project from the GDO_* variables, as `dagster dev` reads it)."""
+    from dagster import DagsterInstance
+
+    from dagster_project.definitions import build_definitions
+    from gdo_assets.living import describe_plan, describe_report, plan_backfill, run_backfill
+
+    with clear_errors():
+        if not os.environ.get("DAGSTER_HOME"):
+            raise CliError("set DAGSTER_HOME to the folder of the Dagster instance (the one `dagster dev` uses)")
+        defs = build_definitions(in_process=True)
+        with DagsterInstance.get() as instance:
+            if dry_run:
+                plan = plan_backfill(defs, instance, dry_run=True, rehash=rehash)
+                for line in describe_plan(plan, dry_run=True):
+                    typer.echo(line)
+                typer.echo("dry run: nothing was registered, retired or run")
+                return
+            report = run_backfill(defs, instance, rehash=rehash, echo=typer.echo)
+    for line in describe_report(report):
+        typer.echo(line)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

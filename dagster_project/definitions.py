@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from dagster import Definitions, define_asset_job, definitions
+from dagster import (
+    AssetsDefinition,
+    AutomationCondition,
+    Definitions,
+    define_asset_job,
+    definitions,
+)
 
 from gdo_assets.deployment import LOCAL, deployment_from_env
 from gdo_assets.descriptors import (
@@ -18,15 +24,16 @@ from gdo_assets.descriptors import (
     descriptor_shards,
     descriptor_shards_asset,
 )
-from gdo_assets.merge import descriptors
+from gdo_assets.merge import descriptors, descriptors_asset, merge_code_version
 from gdo_assets.pool import (
     candidate_pool,
+    candidate_pool_asset,
     observe_pool_job,
     pool_chunk_sensor,
     pool_files_source,
     pool_profile,
 )
-from gdo_assets.project import GdoProject, project_from_env
+from gdo_assets.project import GdoProject, env_flag, project_from_env
 from gdo_assets.subsets import goal_subsets
 from gdo_assets.training import (
     TrainingResource,
@@ -49,6 +56,30 @@ train_job = define_asset_job("train_arm", selection=[checkpoints.key], tags={"gd
 score_job = define_asset_job("score_arm", selection=[benchmark_scores.key], tags={"gdo/stage": "evaluation"})
 report_job = define_asset_job("report_convergence", selection=[convergence_report.key], tags={"gdo/stage": "report"})
 
+AUTOMATION_VAR = "GDO_AUTOMATION"
+
+
+def automation_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """GDO_AUTOMATION=1: descriptors, the merge and the subsets follow the pool by themselves."""
+    return env_flag(AUTOMATION_VAR, env)
+
+
+def follow_pool_conditions() -> dict[str, AutomationCondition]:
+    """The opt-in automation: descriptor shards and the merge run eagerly when their inputs
+    change; the subsets too, but only once every blocking check of the merge passed. Training
+    and evaluation get none: they never start by themselves."""
+    return {
+        "descriptor_shards": AutomationCondition.eager(),
+        "descriptors": AutomationCondition.eager(),
+        "goal_subsets": AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed(),
+    }
+
+
+def _with_condition(assets_def: AssetsDefinition, condition: AutomationCondition | None) -> AssetsDefinition:
+    if condition is None:
+        return assets_def
+    return assets_def.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition))
+
 
 def build_definitions(
     project: GdoProject | None = None,
@@ -68,10 +99,19 @@ def build_definitions(
     """
     env = os.environ if env is None else env
     profile = deployment_from_env(env, name=deployment or (LOCAL if in_process else None))
+    project = project or project_from_env(env, **profile.project_fields())
+    descriptor_model = descriptor_model or descriptor_model_from_env(env, **profile.descriptor_fields(env))
+    # Code versions: a changed parse setting, descriptor setting or model turns its assets stale.
+    descriptor_version = descriptor_model.code_version()
+    conditions = follow_pool_conditions() if automation_enabled(env) else {}
     return Definitions(
         assets=[
-            pool_files_source, candidate_pool, pool_profile,
-            descriptor_shards_asset(profile.gpu_op_tags(1)), descriptors, goal_subsets,
+            pool_files_source, candidate_pool_asset(project.parse_version), pool_profile,
+            descriptor_shards_asset(
+                profile.gpu_op_tags(1), descriptor_version, conditions.get("descriptor_shards")
+            ),
+            descriptors_asset(merge_code_version(descriptor_version), conditions.get("descriptors")),
+            _with_condition(goal_subsets, conditions.get("goal_subsets")),
             checkpoints_asset(profile.gpu_op_tags(profile.gpus_per_train_step)),
             benchmark_scores_asset(profile.gpu_op_tags(1)), convergence_report,
         ],
@@ -81,9 +121,8 @@ def build_definitions(
         ],
         sensors=[pool_chunk_sensor, *profile.sensors()],
         resources={
-            "gdo": project or project_from_env(env, **profile.project_fields()),
-            "descriptor_model": descriptor_model
-            or descriptor_model_from_env(env, **profile.descriptor_fields(env)),
+            "gdo": project,
+            "descriptor_model": descriptor_model,
             "training": training or training_from_env(env, **profile.training_fields(env)),
         },
         executor=profile.executor(in_process),

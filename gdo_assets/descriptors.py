@@ -27,7 +27,12 @@ from gdo_assets.partitions import pool_chunks
 from gdo_assets.pool import QA_DIR, candidate_pool
 from gdo_assets.project import GdoProject, env_choice, env_flag, env_int
 from gdo_core.descriptors.cache import DescriptorCache
-from gdo_core.descriptors.extract import QA_COLUMNS, DescriptorSettings, describe_qa_frame
+from gdo_core.descriptors.extract import (
+    QA_COLUMNS,
+    DescriptorSettings,
+    code_version,
+    describe_qa_frame,
+)
 from gdo_core.descriptors.model_signals import (
     DEFAULT_BATCH_SIZE,
     DTYPES,
@@ -36,6 +41,7 @@ from gdo_core.descriptors.model_signals import (
     TNC_MODES,
 )
 from gdo_core.pool import write_parquet_atomic
+from gdo_core.pool_index import drop_stamp, file_digest, read_stamp, write_stamp
 
 CACHE_DIR = ("descriptors", "cache")
 GPU_POOL = "gpu"  # Dagster concurrency pool; the `gpu` profile sizes it to the visible GPUs
@@ -89,6 +95,21 @@ class DescriptorModel(ConfigurableResource):
             torch_threads=self.torch_threads,
         )
 
+    def code_version(self) -> str:
+        """The descriptor_shards code version: descriptor revision, result-changing settings and
+        the model's stamp (gdo_core.descriptors.extract.code_version), for the device kind steps
+        run on. "unconfigured" without a model or motion-only; "model-unreadable:..." when the
+        model folder cannot be read here."""
+        if self.model_dir is None and not self.motion_only:
+            return "unconfigured"
+        settings = self.settings()
+        if self.gpu_slots.devices:
+            settings = dataclasses.replace(settings, device="cuda")
+        try:
+            return code_version(settings)
+        except OSError as exc:
+            return f"model-unreadable:{type(exc).__name__}"
+
     @contextmanager
     def step_settings(self, owner: str) -> Iterator[DescriptorSettings]:
         """The settings one step runs with: under the gpu profile on the GPU claimed for it
@@ -117,8 +138,13 @@ def descriptor_model_from_env(env: Mapping[str, str] | None = None, **overrides:
     return DescriptorModel(**{**fields, **overrides})
 
 
-def descriptor_shards_asset(op_tags: Mapping[str, Any] = GPU_OP_TAGS) -> AssetsDefinition:
-    """The descriptor_shards asset with the given op tags (the deployment profile's k8s pod config)."""
+def descriptor_shards_asset(
+    op_tags: Mapping[str, Any] = GPU_OP_TAGS,
+    code_version: str | None = None,
+    automation_condition: AutomationCondition | None = None,
+) -> AssetsDefinition:
+    """The descriptor_shards asset with the given op tags (the deployment profile's k8s pod config),
+    code version (`DescriptorModel.code_version`) and automation condition (GDO_AUTOMATION)."""
 
     @asset(
         key=DESCRIPTOR_SHARDS,
@@ -127,7 +153,8 @@ def descriptor_shards_asset(op_tags: Mapping[str, Any] = GPU_OP_TAGS) -> AssetsD
         group_name="descriptors",
         pool=GPU_POOL,
         op_tags=dict(op_tags),
-        automation_condition=AutomationCondition.eager(),
+        code_version=code_version,
+        automation_condition=automation_condition,
         description=(
             "Per QA of one pool chunk: AMM, frame diversity, loss_video, loss_blind, VDS, PPL, TNC, SC and "
             "coverage features (DESCRIPTOR_SCHEMA Parquet); unchanged QAs come from the per-QA cache."
@@ -151,11 +178,18 @@ def describe_chunk(
     if not qa_path.exists():
         raise Failure(f"{qa_path}: no QA rows for chunk {key}; materialize candidate_pool[{key}] first")
     cache_root = descriptor_model.cache_dir or str(gdo.path(*CACHE_DIR))
+    # What the shard is computed from: the QA file's digest as its stamp records it.
+    qa_stamp = read_stamp(qa_path) or {}
+    qa_digest = qa_stamp.get("qa") or file_digest(qa_path)
+    version = descriptor_model.code_version()
     qa = pl.read_parquet(qa_path, columns=list(QA_COLUMNS))
     with descriptor_model.step_settings(step_owner(context)) as settings:
         context.log.info(f"{key}: describing on {settings.device} ({settings.dtype_name})")
         shard, stats = describe_qa_frame(qa, settings, DescriptorCache(cache_root))
-    path = write_parquet_atomic(shard, gdo.path(*SHARDS_DIR, f"{key}.parquet"))
+    target = gdo.path(*SHARDS_DIR, f"{key}.parquet")
+    drop_stamp(target)
+    path = write_parquet_atomic(shard, target)
+    write_stamp(path, qa=qa_digest, code_version=version, shard=file_digest(path))
     seconds = stats.motion_seconds + stats.model_seconds
     context.log.info(f"{key}: {stats.computed} QAs computed, {stats.reused} reused from the cache")
     metadata = {
@@ -166,6 +200,7 @@ def describe_chunk(
         "device": settings.device,
         "tnc_mode": settings.effective_tnc_mode,
         "sc_samples": settings.sc_samples,
+        "code_version": version,
         "path": MetadataValue.path(str(path)),
     }
     return MaterializeResult(

@@ -9,6 +9,8 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetsDefinition,
+    AutomationCondition,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -16,10 +18,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from gdo_assets.partitions import POOL_CHUNKS
 from gdo_assets.pool import QA_DIR, REJECTS_DIR, candidate_pool
 from gdo_assets.project import DB_FILE, GdoProject
 from gdo_core import merge
+from gdo_core.pool_index import PoolIndex, content_key, inputs_digest, read_stamp, write_stamp
 from gdo_core.sql import late_views
 
 # Where the pieces live inside the project data folder.
@@ -34,6 +36,8 @@ CHECK_FINITE = "score_inputs_finite"
 CHECK_CLUSTERS = "cluster_count_as_configured"
 CHECK_ERRORS = "model_error_share_below_bound"
 DEFAULT_MAX_ERROR_SHARE = 0.2
+# Bump when a change to gdo_core.merge changes the merged tables: the merge goes stale.
+MERGE_REVISION = 1
 
 
 class MergeConfig(Config):
@@ -53,6 +57,25 @@ class MergeConfig(Config):
         le=1.0,
         description="Largest share of QAs whose model pass may have failed before the merge is blocked.",
     )
+
+
+def merge_code_version(descriptor_version: str | None) -> str:
+    """The descriptors (merge) asset's code version: merge revision, the merge settings' defaults
+    and the descriptor shards' code version (settings and model stamp)."""
+    defaults = {name: info.default for name, info in MergeConfig.model_fields.items()}
+    return content_key(
+        {"revision": MERGE_REVISION, "defaults": defaults, "descriptors": descriptor_version}
+    )[:16]
+
+
+def merge_inputs(project: GdoProject, index: PoolIndex) -> str:
+    """Key over what a merge of the live chunks reads (their QA files and shards, by stamp)."""
+    return inputs_digest(index, project.path(*QA_DIR), project.path(*SHARDS_DIR))
+
+
+def merge_stamp(project: GdoProject) -> dict | None:
+    """What the current DuckDB file was merged from (None: no merge, or made before stamps)."""
+    return read_stamp(db_path(project))
 
 
 def db_path(project: GdoProject) -> Path:
@@ -124,42 +147,62 @@ def _checks(
     ]
 
 
-@asset(
-    name=DESCRIPTORS,
-    deps=[DESCRIPTOR_SHARDS, candidate_pool],
-    group_name="descriptors",
-    check_specs=[
-        AssetCheckSpec(
-            CHECK_EVERY_QA,
-            asset=DESCRIPTORS,
-            blocking=True,
-            description="Every accepted QA has a descriptor row.",
-        ),
-        AssetCheckSpec(
-            CHECK_FINITE,
-            asset=DESCRIPTORS,
-            blocking=True,
-            description="No null, NaN or infinite value among the score inputs.",
-        ),
-        AssetCheckSpec(
-            CHECK_CLUSTERS,
-            asset=DESCRIPTORS,
-            description="k is min(configured clusters, rows) and every cluster id is below k.",
-        ),
-        AssetCheckSpec(
-            CHECK_ERRORS,
-            asset=DESCRIPTORS,
-            blocking=True,
-            description="The share of failed model passes is within the configured bound.",
-        ),
-    ],
-    description="Descriptor shards merged into DuckDB (qa, descriptors, rejects, merge_report) with robust z-stats, k-means coverage and rho(x).",
-)
-def descriptors(
-    context: AssetExecutionContext, config: MergeConfig, gdo: GdoProject
+def descriptors_asset(
+    code_version: str | None = None, automation_condition: AutomationCondition | None = None
+) -> AssetsDefinition:
+    """The descriptors (merge) asset with a code version (`merge_code_version`) and an automation
+    condition (GDO_AUTOMATION)."""
+
+    @asset(
+        name=DESCRIPTORS,
+        deps=[DESCRIPTOR_SHARDS, candidate_pool],
+        group_name="descriptors",
+        code_version=code_version,
+        automation_condition=automation_condition,
+        check_specs=[
+            AssetCheckSpec(
+                CHECK_EVERY_QA,
+                asset=DESCRIPTORS,
+                blocking=True,
+                description="Every accepted QA has a descriptor row.",
+            ),
+            AssetCheckSpec(
+                CHECK_FINITE,
+                asset=DESCRIPTORS,
+                blocking=True,
+                description="No null, NaN or infinite value among the score inputs.",
+            ),
+            AssetCheckSpec(
+                CHECK_CLUSTERS,
+                asset=DESCRIPTORS,
+                description="k is min(configured clusters, rows) and every cluster id is below k.",
+            ),
+            AssetCheckSpec(
+                CHECK_ERRORS,
+                asset=DESCRIPTORS,
+                blocking=True,
+                description="The share of failed model passes is within the configured bound.",
+            ),
+        ],
+        description="Descriptor shards merged into DuckDB (qa, descriptors, rejects, merge_report) with robust z-stats, k-means coverage and rho(x).",
+    )
+    def descriptors(
+        context: AssetExecutionContext, config: MergeConfig, gdo: GdoProject
+    ) -> MaterializeResult:
+        """Merge every live chunk's shard, QA rows and rejects into the project DuckDB file in one transaction."""
+        return merge_chunks(context, config, gdo, code_version)
+
+    return descriptors
+
+
+def merge_chunks(
+    context: AssetExecutionContext, config: MergeConfig, gdo: GdoProject, code_version: str | None
 ) -> MaterializeResult:
-    """Merge every registered chunk's shard, QA rows and rejects into the project DuckDB file in one transaction."""
-    keys = list(context.instance.get_dynamic_partitions(POOL_CHUNKS))
+    """The body of the descriptors asset: the live chunks of the pool index (a retired chunk's
+    files, if any are left, are not read), merged and stamped with what they were."""
+    index, _ = gdo.pool_index()
+    keys = index.chunk_keys()
+    inputs = merge_inputs(gdo, index)
     shards = gdo.chunk_files(SHARDS_DIR, keys)
     path = db_path(gdo)
     report = merge.merge_to_duckdb(
@@ -171,6 +214,7 @@ def descriptors(
         seed=config.seed,
         views=query_views(gdo),
     )
+    write_stamp(path, inputs=inputs, code_version=code_version, config=config.model_dump())
     counts = merge.check_counts(path)
     plot = merge.plot_descriptor_distributions(path, gdo.path(*PLOT_FILE))
     image = base64.b64encode(plot.read_bytes()).decode()
@@ -181,6 +225,8 @@ def descriptors(
             "qa_rows": report.qa_rows,
             "reject_rows": report.reject_rows,
             "shards": len(shards),
+            "chunks": len(keys),
+            "inputs": inputs,
             "clusters": report.clusters,
             "error_rows": report.error_rows,
             "stats_sampled": report.stats_sampled,
@@ -195,3 +241,6 @@ def descriptors(
         },
         check_results=_checks(report, counts, config),
     )
+
+
+descriptors = descriptors_asset()

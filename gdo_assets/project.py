@@ -16,9 +16,22 @@ from gdo_core.pool import (
     PoolFile,
     pool_files,
 )
+from gdo_core.pool_index import (
+    IndexStats,
+    PoolIndex,
+    configured_files,
+    content_key,
+    index_pool,
+    load_index,
+    save_index,
+)
 
 # The project's DuckDB file inside the data folder (the one `gdo sql` reads by default).
 DB_FILE = ("gdo.duckdb",)
+# The pool index (gdo_core.pool_index): every live chunk's byte range and fingerprint.
+INDEX_FILE = ("pool", "index.json")
+# Bump when a change to the pool parser changes the QA rows it gives: every chunk goes stale.
+PARSE_REVISION = 1
 
 
 class GdoProject(ConfigurableResource):
@@ -53,12 +66,49 @@ class GdoProject(ConfigurableResource):
         """The configured pool files (checked to exist)."""
         return pool_files([Path(p) for p in self.onevision], [Path(p) for p in self.video])
 
+    def present_pool_files(self) -> tuple[list[PoolFile], list[str]]:
+        """(configured pool files that exist, configured paths that do not): a deleted file's
+        chunks retire instead of failing every step."""
+        return configured_files(self.onevision, self.video)
+
     def pool_file(self, name: str) -> PoolFile:
-        """The pool file whose partition-key name is `name`."""
-        for pool in self.pool_files():
+        """The (existing) pool file whose partition-key name is `name`."""
+        for pool in self.present_pool_files()[0]:
             if pool.pool_name == name:
                 return pool
         raise ValueError(f"no configured pool file is named {name!r} (partition keys are <pool>-<chunk>)")
+
+    @property
+    def parse_version(self) -> str:
+        """What a chunk's QA rows depend on besides its bytes: parser revision and settings."""
+        fields = self.parse_options(PoolFile(Path("x"), "onevision"))
+        return content_key(
+            {
+                "revision": PARSE_REVISION,
+                "target_frames": fields.target_frames,
+                "mcq_on_raw": fields.mcq_on_raw,
+                "media_root": self.media_root,
+                "video_frame_dir": str(fields.video_frame_dir),
+            }
+        )[:16]
+
+    def saved_index(self) -> PoolIndex | None:
+        """The pool index as last saved in the data folder (None: never indexed)."""
+        return load_index(self.path(*INDEX_FILE))
+
+    def pool_index(self, *, rehash: bool = False, save: bool = True) -> tuple[PoolIndex, IndexStats]:
+        """The pool index, refreshed: every configured file is stat'ed, and only those whose
+        size, mtime, ctime or inode changed since the saved index are read (`rehash`: all are).
+        Saved back when it changed (best effort: a read-only data folder only costs speed)."""
+        present, missing = self.present_pool_files()
+        saved = self.saved_index()
+        index, stats = index_pool(present, self.chunk_lines, saved, missing=missing, rehash=rehash)
+        if save and (saved is None or saved.to_dict() != index.to_dict()):
+            try:
+                save_index(index, self.path(*INDEX_FILE))
+            except OSError:
+                pass
+        return index, stats
 
     def parse_options(self, pool: PoolFile) -> ParseOptions:
         """Parsing settings for one pool file."""

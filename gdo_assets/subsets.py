@@ -25,11 +25,12 @@ from dagster import (
 )
 from pydantic import Field
 
-from gdo_assets.pool import QA_DIR, split_chunk_key
+from gdo_assets.pool import QA_DIR
 from gdo_assets.project import DB_FILE, GdoProject
 from gdo_core import schema as S
 from gdo_core.build import BuildResult, build_from_pool, load_metrics
 from gdo_core.candidate_score import Ablations
+from gdo_core.pool_index import content_key, read_stamp, write_stamp
 from gdo_core.profiles import available_profiles, load_profile, profiles_dir_from_env
 from gdo_core.select import load_exclusion_reference
 from gdo_core.sql import SUBSET_MEMBERS_GLOB
@@ -99,20 +100,27 @@ def member_files(project: GdoProject) -> list[Path]:
 
 
 def scan_ordered_qa(project: GdoProject) -> pl.DataFrame:
-    """Every ingested QA chunk, in the scan order of `gdo build`: pool files as configured, chunks by index."""
-    order = {pool.pool_name: i for i, pool in enumerate(project.pool_files())}
+    """Every live chunk's QA rows (the pool index), in the scan order of `gdo build`: pool files as
+    configured, chunks by index. A retired chunk's leftover file is not read."""
     folder = project.path(*QA_DIR)
-    keys = []
-    for path in folder.glob("*.parquet"):
-        name, index = split_chunk_key(path.stem)
-        if name in order:
-            keys.append((order[name], index, path))
-    frames = [pl.read_parquet(path) for _, _, path in sorted(keys)]
+    paths = [folder / f"{key}.parquet" for key in project.pool_index()[0].chunk_keys()]
+    frames = [pl.read_parquet(path) for path in paths if path.is_file()]
     if not frames:
         raise FileNotFoundError(
             f"{folder}: no ingested QA chunks; materialize candidate_pool first"
         )
     return pl.concat(frames).select(list(S.QA_SCHEMA))
+
+
+def members_path(project: GdoProject, profile: str) -> Path:
+    """One profile's subset_members.parquet (its stamp lies beside it)."""
+    return subsets_dir(project, profile) / "subset_members.parquet"
+
+
+def subsets_stamp_fields(project: GdoProject, config: dict[str, Any]) -> dict[str, Any]:
+    """What a profile's subsets are built from: the merge (by its stamp) and the settings."""
+    merged = read_stamp(project.path(*DB_FILE))
+    return {"merge": content_key(merged) if merged is not None else None, "config": config}
 
 
 def build_profile_subsets(
@@ -308,6 +316,7 @@ def goal_subsets(
         waiver.unlink(missing_ok=True)
     report = result.report
     plot = composition_plot(result, result_pool(qa, config), out_dir / COMPOSITION_PLOT)
+    write_stamp(result.members_path, **subsets_stamp_fields(gdo, config.model_dump()))
     image = base64.b64encode(plot.read_bytes()).decode()
     hc = report["hard_constraints"]
     gdo_summary = report["filtered_summary"]

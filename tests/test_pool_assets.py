@@ -6,6 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from dagster import (
+    AddDynamicPartitionsRequest,
     AssetKey,
     AssetSelection,
     DagsterInstance,
@@ -101,15 +102,29 @@ def _tick(instance, project: GdoProject, cursor: str | None) -> SensorResult | S
     result = pool_chunk_sensor(context)
     if isinstance(result, SensorResult):
         for request in result.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            if isinstance(request, AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
     return result
 
 
 def _added(result: SensorResult) -> list[str]:
-    return [k for request in result.dynamic_partitions_requests for k in request.partition_keys]
+    return [
+        k for request in result.dynamic_partitions_requests if isinstance(request, AddDynamicPartitionsRequest)
+        for k in request.partition_keys
+    ]
 
 
-def test_sensor_registers_new_chunks_and_observes_each_change(tmp_path):
+def _retired(result: SensorResult) -> list[str]:
+    return [
+        k for request in result.dynamic_partitions_requests if not isinstance(request, AddDynamicPartitionsRequest)
+        for k in request.partition_keys
+    ]
+
+
+def test_sensor_registers_new_chunks_retires_gone_ones_and_observes_each_change(tmp_path):
     ov, vv = _pool(tmp_path)  # 6 image lines (one broken), 4 video lines: chunks of 2 lines
     original = ov.read_text()
     project = GdoProject(data_dir=str(tmp_path / "data"), onevision=[str(ov)], video=[str(vv)], chunk_lines=2)
@@ -133,22 +148,22 @@ def test_sensor_registers_new_chunks_and_observes_each_change(tmp_path):
         requests += grown.run_requests
         assert isinstance(_tick(instance, project, grown.cursor), SkipReason)
 
-        # Shrinks to 4 lines: nothing to register (known chunks stay), but the pool is observed again.
+        # Shrinks to 4 lines: the chunks past line 4 retire (deleted partitions), and the pool is observed again.
         ov.write_text("".join(original.splitlines(keepends=True)[:4]))
         shrunk = _tick(instance, project, grown.cursor)
         assert isinstance(shrunk, SensorResult) and _added(shrunk) == []
-        assert shrunk.dynamic_partitions_requests == [] and len(shrunk.run_requests) == 1
+        assert _retired(shrunk) == ["ov-00002", "ov-00003", "ov-00004"] and len(shrunk.run_requests) == 1
         assert shrunk.cursor not in (first.cursor, grown.cursor)
         requests += shrunk.run_requests
         assert sorted(instance.get_dynamic_partitions("pool_chunks")) == [
-            "ov-00000", "ov-00001", "ov-00002", "ov-00003", "ov-00004", "vv-00000", "vv-00001",
+            "ov-00000", "ov-00001", "vv-00000", "vv-00001",
         ]
 
-        # Back to the first state: the same cursor as the first tick, and still a run to observe it.
+        # Back to the first state: the same cursor as the first tick, chunk 2 comes back, and a run observes it.
         ov.write_text(original)
         back = _tick(instance, project, shrunk.cursor)
-        assert isinstance(back, SensorResult) and _added(back) == [] and len(back.run_requests) == 1
-        assert back.cursor == first.cursor
+        assert isinstance(back, SensorResult) and _added(back) == ["ov-00002"] and _retired(back) == []
+        assert len(back.run_requests) == 1 and back.cursor == first.cursor
         requests += back.run_requests
     # Dagster launches one run per run key ever: no two requests may share one.
     keys = [r.run_key for r in requests if r.run_key is not None]

@@ -160,6 +160,46 @@ def model_key(model_dir: Path, cache: DescriptorCache | None) -> str:
     return content_key({"weights": fingerprint, "aux": aux})
 
 
+# Bump when a change to this package changes the descriptors it computes: every shard goes stale.
+DESCRIPTOR_REVISION = 1
+
+
+def model_stamp(model_dir: Path) -> str:
+    """Cheap key of a model folder: its weight files' names, sizes and mtimes and its small files'
+    bytes (no weight byte is read; a retrained or replaced model changes it)."""
+    root = Path(model_dir)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"{root}: not a model directory (no config.json)")
+    files = sorted(p for p in root.iterdir() if p.is_file())
+    return content_key(
+        {
+            "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.suffix in WEIGHT_SUFFIXES],
+            "aux": {
+                p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.suffix in MODEL_AUX_SUFFIXES
+            },
+        }
+    )
+
+
+def code_version(settings: DescriptorSettings) -> str:
+    """What a descriptor shard depends on besides its QA rows: the descriptor code revision, the
+    settings that enter the per-QA cache key and the model's stamp (`model_stamp`). Changes when
+    any of them does; batch size, threads and the device index do not count."""
+    fields: dict[str, Any] = {
+        "revision": DESCRIPTOR_REVISION,
+        "motion": MOTION_SETTINGS,
+        "motion_only": settings.motion_only,
+        "signals": settings.signal_settings.key_fields(),
+    }
+    if not settings.motion_only:
+        fields |= {
+            "model": model_stamp(settings.model_dir),
+            "dtype": settings.dtype_name,
+            "device": settings.device.split(":")[0],
+        }
+    return content_key(fields)[:16]
+
+
 def read_rgb(frames: Sequence[str]) -> tuple[list[np.ndarray], list[int]]:
     """Decoded RGB frames of a list, and the indices that could not be decoded."""
     images, unreadable = [], []
