@@ -14,22 +14,53 @@ from gdo_core.cli import main as _core_main
 DEFAULT_DATA_DIR = Path(".gdo")
 
 
+def project_settings():
+    """(the project resource from the GDO_* variables over the settings file, the line saying
+    where its settings came from); errors name the variable, or the file and key."""
+    from gdo_assets.project import EnvError, project_from_env
+    from gdo_assets.settings_file import load_settings
+
+    settings = load_settings()
+    try:
+        return project_from_env(settings.env, settings=settings.describe()), settings.describe()
+    except EnvError as exc:
+        raise settings.explain(exc) from None
+
+
 @app.command("register-pool")
 def register_pool(
-    onevision: Annotated[Path | None, typer.Option(help="Image pool file.")] = None,
-    video: Annotated[Path | None, typer.Option(help="Video pool file.")] = None,
-    chunk_lines: Annotated[int, typer.Option(min=1, help="Lines per chunk partition.")] = 20_000,
+    onevision: Annotated[
+        Path | None, typer.Option(help="Image pool file (default: the project's, from gdo.toml or GDO_ONEVISION).")
+    ] = None,
+    video: Annotated[
+        Path | None, typer.Option(help="Video pool file (default: the project's, from gdo.toml or GDO_VIDEO).")
+    ] = None,
+    chunk_lines: Annotated[
+        int | None,
+        typer.Option(min=1, help="Lines per chunk partition (default: chunk_lines of gdo.toml, GDO_CHUNK_LINES, else 20000)."),
+    ] = None,
 ) -> None:
     """Register the pool's chunk partitions with the Dagster instance (DAGSTER_HOME); chunks these
-    files no longer have are retired. `gdo backfill` does this for the whole project and reruns what is stale."""
+    files no longer have are retired. Without --onevision and --video, the project's pool files
+    (settings file gdo.toml or $GDO_SETTINGS, GDO_* variables over it). `gdo backfill` does this
+    for the whole project and reruns what is stale."""
     from dagster import DagsterInstance
 
     from gdo_assets.pool import register_chunks
 
     with clear_errors():
+        project, origin = project_settings()
         if onevision is None and video is None:
-            raise CliError("give at least one of --onevision and --video")
-        new, total = register_chunks(DagsterInstance.get(), onevision, video, chunk_lines)
+            if not project.onevision and not project.video:
+                raise CliError(
+                    "give --onevision and/or --video, or configure the pool: onevision / video in the settings "
+                    f"file (gdo.toml, or $GDO_SETTINGS), or GDO_ONEVISION / GDO_VIDEO [{origin}]"
+                )
+            typer.echo(origin)
+            files = ([Path(p) for p in project.onevision], [Path(p) for p in project.video])
+        else:
+            files = ([onevision] if onevision else [], [video] if video else [])
+        new, total = register_chunks(DagsterInstance.get(), *files, chunk_lines or project.chunk_lines)
     typer.echo(f"registered {len(new)} new chunk partitions ({total} in the pool)")
 
 
@@ -45,7 +76,8 @@ def backfill(
 ) -> None:
     """Follow a changed pool: register new chunks, retire chunks of shrunk or deleted files, and
     rerun only the stale chunk partitions, then the merge and the subsets, as runs on the Dagster
-    instance at DAGSTER_HOME (the project from the GDO_* variables, as `dagster dev` reads it)."""
+    instance at DAGSTER_HOME (the project from the settings file, gdo.toml or $GDO_SETTINGS, and
+    the GDO_* variables over it, as `dagster dev` reads them)."""
     from dagster import DagsterInstance
 
     from dagster_project.definitions import build_definitions
@@ -55,6 +87,7 @@ def backfill(
         if not os.environ.get("DAGSTER_HOME"):
             raise CliError("set DAGSTER_HOME to the folder of the Dagster instance (the one `dagster dev` uses)")
         defs = build_definitions(in_process=True)
+        typer.echo(defs.resources["gdo"].settings)
         with DagsterInstance.get() as instance:
             if dry_run:
                 plan = plan_backfill(defs, instance, dry_run=True, rehash=rehash)

@@ -1,12 +1,13 @@
 """The gdo code location: assets, checks, jobs, sensors and resources in one Definitions.
 
 `defs` is loaded lazily by Dagster (`@definitions`): GDO_DEPLOYMENT and the other GDO_*
-variables are read when Dagster builds the definitions, not when this module is imported.
+variables, and the settings file under them (gdo.toml or $GDO_SETTINGS:
+gdo_assets.settings_file), are read when Dagster builds the definitions, not when this module
+is imported.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from dagster import (
@@ -33,7 +34,8 @@ from gdo_assets.pool import (
     pool_files_source,
     pool_profile,
 )
-from gdo_assets.project import GdoProject, env_flag, project_from_env
+from gdo_assets.project import EnvError, GdoProject, env_flag, project_from_env
+from gdo_assets.settings_file import load_settings
 from gdo_assets.subsets import goal_subsets
 from gdo_assets.training import (
     TrainingResource,
@@ -93,13 +95,30 @@ def build_definitions(
     """Definitions for one deployment profile (gdo_assets.deployment).
 
     The profile is `deployment`, else GDO_DEPLOYMENT from `env` (os.environ by default); resources
-    not given come from the GDO_* variables of `env` with the profile's device settings. With
-    `in_process` (tests, the demo) every step runs in this process, under the local profile
-    unless `deployment` names another.
+    not given come from the GDO_* variables of `env` with the profile's device settings. Under the
+    variables lies the settings file (gdo_assets.settings_file): $GDO_SETTINGS of `env`, else,
+    when `env` is None, gdo.toml in the working directory; a variable set in `env` wins over the
+    file's key. With `in_process` (tests, the demo) every step runs in this process, under the
+    local profile unless `deployment` names another.
     """
-    env = os.environ if env is None else env
+    settings = load_settings(env)
+    try:
+        return _build(project, descriptor_model, training, in_process, deployment, settings.env, settings.describe())
+    except EnvError as exc:
+        raise settings.explain(exc) from None
+
+
+def _build(
+    project: GdoProject | None,
+    descriptor_model: DescriptorModel | None,
+    training: TrainingResource | None,
+    in_process: bool,
+    deployment: str | None,
+    env: Mapping[str, str],
+    origin: str,
+) -> Definitions:
     profile = deployment_from_env(env, name=deployment or (LOCAL if in_process else None))
-    project = project or project_from_env(env, **profile.project_fields())
+    project = project or project_from_env(env, settings=origin, **profile.project_fields())
     descriptor_model = descriptor_model or descriptor_model_from_env(env, **profile.descriptor_fields(env))
     # Code versions: a changed parse setting, descriptor setting or model turns its assets stale.
     descriptor_version = descriptor_model.code_version()
@@ -126,6 +145,7 @@ def build_definitions(
             "training": training or training_from_env(env, **profile.training_fields(env)),
         },
         executor=profile.executor(in_process),
+        metadata={"gdo/settings": project.settings or origin},
     )
 
 

@@ -15,6 +15,41 @@ from typing import Any
 from gdo_core.demo_settings import DEMO, DemoSettings
 
 BENCHMARK_DIR = "demo-benchmark"  # the demo recipe's include_path, relative to the data folder
+SETTINGS_FILE = "gdo.toml"  # in the data folder: the demo's settings, for `make ui` and the gdo commands
+SETTINGS_MARK = "Written by `gdo demo`"  # the first line of a settings file the demo may rewrite
+SETTINGS_HEADER = f"""{SETTINGS_MARK}: the demo's pool, data folder, model and descriptor settings, as
+it ran with them, so that Dagster can re-materialize and backfill the demo's partitions. `make ui`
+reads .gdo/gdo.toml (unless GDO_SETTINGS or a ./gdo.toml names another file); the gdo commands:
+  GDO_SETTINGS={{path}} DAGSTER_HOME={{home}} gdo backfill --dry-run
+Paths are relative to this file's folder; GDO_* variables set in the environment win over these
+keys. `gdo demo` rewrites this file each run: delete this first line to keep your own edits."""
+
+
+def demo_settings_path(data_dir: Path) -> Path:
+    """Where `gdo demo` writes its settings file."""
+    return data_dir / SETTINGS_FILE
+
+
+def demo_may_write_settings(path: Path) -> bool:
+    """Whether the demo may (re)write the settings file at `path`: absent, or written by the demo."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return fh.readline().lstrip("# ").startswith(SETTINGS_MARK)
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def write_demo_settings(path: Path, project, model, training) -> Path:
+    """The settings file of the demo's resources (GdoProject, DescriptorModel, TrainingResource):
+    built from it, the definitions have the pool, data folder, model, chunk size, target frames,
+    descriptor settings and recipe the demo ran with."""
+    from gdo_assets.settings_file import resource_settings, write_settings_file
+
+    home = Path(project.data_dir) / "dagster_home"
+    header = SETTINGS_HEADER.format(path=path, home=home)
+    return write_settings_file(path, resource_settings(project, model, training), header)
 
 
 def _dagster_home(data_dir: Path) -> Path:
@@ -24,6 +59,31 @@ def _dagster_home(data_dir: Path) -> Path:
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\n")
     return home
+
+
+def demo_resources(
+    data_dir: Path, settings: DemoSettings, onevision: Path, video: Path, model_dir: Path, origin: str = ""
+):
+    """(GdoProject, DescriptorModel, TrainingResource) the demo runs with: its pool, data folder,
+    tiny model on the CPU and the descriptor settings and recipe of `settings`."""
+    from gdo_assets.descriptors import DescriptorModel
+    from gdo_assets.project import GdoProject
+    from gdo_assets.training import TrainingResource
+
+    project = GdoProject(
+        data_dir=str(data_dir),
+        onevision=[str(onevision)],
+        video=[str(video)],
+        chunk_lines=settings.chunk_lines,
+        target_frames=settings.target_frames,
+        settings=origin,
+    )
+    model = DescriptorModel(
+        model_dir=str(model_dir), device="cpu", tnc_mode=settings.tnc_mode, sc_samples=settings.sc_samples,
+        batch_size=settings.descriptor_batch, torch_threads=settings.torch_threads,
+    )
+    training = TrainingResource(model_dir=str(model_dir), recipe=settings.recipe)
+    return project, model, training
 
 
 def run_demo(
@@ -37,17 +97,17 @@ def run_demo(
     from dagster import DagsterInstance, MultiPartitionKey
 
     from dagster_project.definitions import build_definitions
-    from gdo_assets.descriptors import DescriptorModel
     from gdo_assets.pool import register_chunks
-    from gdo_assets.project import DB_FILE, GdoProject
+    from gdo_assets.project import DB_FILE
     from gdo_assets.subsets import goal_profiles
-    from gdo_assets.training import TrainingResource, held_out_losses, read_scores
+    from gdo_assets.training import held_out_losses, read_scores
     from gdo_core import convergence as C
     from gdo_core import schema as S
     from gdo_core.demo import benchmark_baselines, make_demo_benchmark, make_demo_pool
     from gdo_core.tiny_model import build_tiny_model
 
     started = time.perf_counter()
+    data_dir = Path(os.path.abspath(data_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(_dagster_home(data_dir))
     pool_dir = data_dir / "demo" / "pool"
@@ -59,18 +119,20 @@ def run_demo(
     if not (model_dir / "config.json").exists():
         echo(f"tiny model -> {model_dir}")
         build_tiny_model(model_dir, seed=settings.seed)
-    project = GdoProject(
-        data_dir=str(data_dir),
-        onevision=[str(demo_pool.onevision)],
-        video=[str(demo_pool.video)],
-        chunk_lines=settings.chunk_lines,
-        target_frames=settings.target_frames,
+    settings_path = demo_settings_path(data_dir)
+    writes_settings = demo_may_write_settings(settings_path)
+    project, model, training = demo_resources(
+        data_dir, settings, demo_pool.onevision, demo_pool.video, model_dir,
+        origin=(
+            f"settings: gdo demo's, written to {settings_path}" if writes_settings
+            else f"settings: gdo demo's ({settings_path} kept as it is: not written by gdo demo)"
+        ),
     )
-    model = DescriptorModel(
-        model_dir=str(model_dir), device="cpu", tnc_mode=settings.tnc_mode, sc_samples=settings.sc_samples,
-        batch_size=settings.descriptor_batch, torch_threads=settings.torch_threads,
-    )
-    training = TrainingResource(model_dir=str(model_dir), recipe=settings.recipe)
+    if writes_settings:
+        write_demo_settings(settings_path, project, model, training)
+        echo(f"settings -> {settings_path}")
+    else:
+        echo(f"settings: {settings_path} was not written by gdo demo; left as it is")
     defs = build_definitions(project, model, training, in_process=True)
     timings: dict[str, float] = {}
 
@@ -158,6 +220,10 @@ def run_demo(
             "from scores order by arm, step\")"
         ),
         f"Dagster UI with these runs: make ui, then open http://127.0.0.1:3000 (DAGSTER_HOME={os.environ['DAGSTER_HOME']})",
+        (
+            f"settings: {settings_path} (make ui reads .gdo/gdo.toml; for the gdo commands: "
+            f"GDO_SETTINGS={settings_path} DAGSTER_HOME={os.environ['DAGSTER_HOME']} gdo backfill --dry-run)"
+        ),
         f"done in {seconds} s",
     ]
     for line in lines:

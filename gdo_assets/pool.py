@@ -62,10 +62,14 @@ def split_chunk_key(key: str) -> tuple[str, int]:
 
 
 def register_chunks(
-    instance: DagsterInstance, onevision: Path | None, video: Path | None, chunk_lines: int
+    instance: DagsterInstance,
+    onevision: Path | list[Path] | None,
+    video: Path | list[Path] | None,
+    chunk_lines: int,
 ) -> tuple[list[str], int]:
-    """Add the chunk partitions of the given pool files that the instance does not know yet, and
-    retire (delete) the registered partitions of these files that they no longer have.
+    """Add the chunk partitions of the given pool files (a path or a list of paths of each kind)
+    that the instance does not know yet, and retire (delete) the registered partitions of these
+    files that they no longer have.
 
     Returns (new keys, chunks in the given files). `sync_partitions` does the same for a whole
     project, deleted files included.
@@ -131,6 +135,8 @@ def pool_files_source(context) -> DataVersionsByPartition:
     project: GdoProject = context.resources.gdo
     known = set(context.instance.get_dynamic_partitions(POOL_CHUNKS))
     index, stats = project.pool_index()
+    if project.settings:
+        context.log.info(project.settings)
     context.log.info(
         f"pool index: {stats.files_unchanged} files unchanged (not read), {stats.files_read} read "
         f"({stats.bytes_read} bytes), {stats.files_missing} missing"
@@ -247,6 +253,7 @@ def pool_profile(context: AssetExecutionContext, gdo: GdoProject) -> Materialize
             "question_form": MetadataValue.json(profile["fields"]["question_form"]),
             "top_source_groups": MetadataValue.md(table),
             "path": MetadataValue.path(str(path)),
+            **({"settings": gdo.settings} if gdo.settings else {}),
         }
     )
 

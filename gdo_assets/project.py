@@ -47,6 +47,13 @@ class GdoProject(ConfigurableResource):
         default=None,
         description="k8s profile: where the shared data volume is mounted; a step fails at once when it is not mounted.",
     )
+    settings: str = Field(
+        default="",
+        description=(
+            "Where these settings came from: the settings file (gdo.toml, GDO_SETTINGS) and the GDO_* "
+            "variables set in the environment (information only)."
+        ),
+    )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Under the k8s profile, refuse to run a step whose pod lacks the data volume: its outputs

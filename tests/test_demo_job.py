@@ -4,7 +4,9 @@ import dataclasses
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from dagster_project.cli import app
 from dagster_project.demo import run_demo
 from gdo_core import schema as S
 from gdo_core.demo import BENCHMARK_CATEGORIES, make_demo_pool
@@ -17,7 +19,7 @@ SMALL = dataclasses.replace(
 
 
 @pytest.mark.e2e
-def test_demo_job_runs_end_to_end(tmp_path):
+def test_demo_job_runs_end_to_end(tmp_path, monkeypatch):
     data_dir = tmp_path / "gdo"
     lines = []
     report = run_demo(data_dir, settings=SMALL, echo=lines.append)
@@ -43,3 +45,11 @@ def test_demo_job_runs_end_to_end(tmp_path):
     assert "== GDO demo: convergence" in text and "peak_match_samples" in text
     assert lines[-1].startswith("done in ") and any(line.startswith("DuckDB:") for line in lines[-4:])
     assert (data_dir / "report" / "curves.png").is_file()
+    # the settings file the demo wrote gives `gdo backfill` (and `make ui`) the demo's project: nothing is stale
+    monkeypatch.setenv("GDO_SETTINGS", str(data_dir / "gdo.toml"))
+    monkeypatch.setenv("DAGSTER_HOME", str(data_dir / "dagster_home"))
+    dry = CliRunner().invoke(app, ["backfill", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    for line in ("partitions to register: none", "candidate_pool to run: none", "descriptor_shards to run: none",
+                 "descriptors (merge): current", "goal_subsets to run: none"):
+        assert line in dry.output.splitlines(), dry.output
