@@ -64,6 +64,8 @@ _FRAMES_FILE = "frames.arrow"
 # candidate_score.py: the answer tokeniser whose counts an entry keeps; select.py: the text codes
 _PARSER_MODULES = (
     "pool.py",
+    "pool_lines.py",
+    "pool_rows.py",
     "pool_fast.py",
     "strata.py",
     "schema.py",
