@@ -47,6 +47,7 @@ from gdo_core import pool as P
 from gdo_core import schema as S
 from gdo_core.candidate_score import distinct_answer_tokens
 from gdo_core.pool_fast import _arrow
+from gdo_core.pool_read import read_pool
 from gdo_core.select import ANSWER_DISTINCT, codes_of_text_hashes, text_hashes
 
 KEEP_ENTRIES = 4
@@ -73,6 +74,7 @@ _PARSER_MODULES = (
     "candidate_score.py",
     "select.py",
     "row_codes.py",
+    "pool_read.py",
 )
 
 
@@ -174,7 +176,7 @@ class StoredTexts:
 
 class TextSpill:
     """Question and answer of QA parts written to a text file (as `_write_texts` writes one) while a
-    parse produces them (`pool.read_pool(spill_texts=...)`): a part comes back with `TEXT_ROW`
+    parse produces them (`pool_read.read_pool(spill_texts=...)`): a part comes back with `TEXT_ROW`
     instead. Parts may come from several threads; their rows go in call order. A worker thread
     hashes the texts (`select.text_hashes`), counts the answers' tokens and writes the rows, beside
     the parse; `close` waits for it."""
@@ -397,7 +399,7 @@ def cached_read_pool(
     block_bytes: int | None = None,
     **options: object,
 ) -> CachedPool:
-    """`pool.read_pool(onevision, video, row_frames=True, **options)` through the cache in cache_dir.
+    """`pool_read.read_pool(onevision, video, row_frames=True, **options)` through the cache in cache_dir.
 
     cache_dir None: no cache. defer_store: is handed the store, `write(qa_columns=None)`, to run
     later (e.g. on a thread while the selection runs) instead of before returning. texts_on_disk:
@@ -405,10 +407,10 @@ def cached_read_pool(
     holds `schema.TEXT_CODE` (a build's entries do); the QA table then has no such columns.
     parse_to_disk: so does a miss, with the new entry's text file, written while the pool is parsed
     (`TextSpill`): the parse never holds the pool's texts, at some cost in time.
-    file_threads, block_bytes: see `pool.read_pool` (not part of the key: the result is the same).
+    file_threads, block_bytes: see `pool_read.read_pool` (not part of the key: the result is the same).
     """
     read = functools.partial(
-        P.read_pool, row_frames=True, file_threads=file_threads, block_bytes=block_bytes, **options
+        read_pool, row_frames=True, file_threads=file_threads, block_bytes=block_bytes, **options
     )
     if cache_dir is None:
         return CachedPool(read(onevision, video), "off")

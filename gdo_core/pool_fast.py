@@ -534,7 +534,7 @@ def parse_file_fast(
 ) -> PoolResult | None:
     """QA rows and rejects of a whole .jsonl[.gz] pool file; None when the file must take the exact path.
 
-    row_frames, categorical, spill_texts, block_bytes: see `pool.read_pool`.
+    row_frames, categorical, spill_texts, block_bytes: see `pool_read.read_pool`.
     """
     options = options or ParseOptions()
     path = Path(pool.path)

@@ -44,7 +44,7 @@ QA_SCHEMA: dict[str, pl.DataType] = {
     "line": pl.Int64(),
 }
 
-# QA columns with few distinct values: `pool.read_pool(categorical=True)` holds them as
+# QA columns with few distinct values: `pool_read.read_pool(categorical=True)` holds them as
 # Categorical (4 bytes a row instead of a 16-byte string view, plus the long strings' bytes).
 LOW_CARD_COLUMNS = ("data_source", *STRATUM_FIELDS, "stratum", "source_file")
 

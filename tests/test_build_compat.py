@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from gdo_core import build as BLD
-from gdo_core.pool import read_pool
+from gdo_core.pool_read import read_pool
 from gdo_core.profiles import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from gdo_core import build as BLD
-from gdo_core.pool import read_pool
+from gdo_core.pool_read import read_pool
 
 # The published build step's outputs for the four presets (see the fixture's README).
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "published_build"

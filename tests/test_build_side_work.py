@@ -15,8 +15,8 @@ from test_pool_cache import _pool  # tests/ is on sys.path under pytest's defaul
 from test_select import make_metrics, make_qa, small_profile
 
 from gdo_core import build as BLD
-from gdo_core import pool as P
 from gdo_core import pool_cache as C
+from gdo_core import pool_read as PR
 from gdo_core import select as S
 from gdo_core.candidate_score import distinct_answer_tokens
 
@@ -154,7 +154,7 @@ def _published_pool(tmp_path, messy: bool) -> pl.DataFrame:
         row.pop("data_source")
         lines[1] = json.dumps(row)
         ov.write_text("\n".join(lines) + "\n")
-    return P.read_pool(ov, vv, mcq_on_raw=False).qa
+    return PR.read_pool(ov, vv, mcq_on_raw=False).qa
 
 
 @pytest.mark.parametrize("messy", [False, True])

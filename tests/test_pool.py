@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from gdo_core import pool as P
+from gdo_core import pool_read as PR
 from gdo_core.schema import QA_SCHEMA, REJECT_SCHEMA
 
 
@@ -62,7 +63,7 @@ def _rows(rows):
 def test_image_and_video_rows_give_the_specified_qas(tmp_path):
     ov = _write(tmp_path / "ov.jsonl", _rows(IMAGE_ROWS))
     vv = _write(tmp_path / "vv.jsonl", _rows(VIDEO_ROWS))
-    result = P.read_pool(ov, vv, target_frames=32)
+    result = PR.read_pool(ov, vv, target_frames=32)
     qa = result.qa
     assert dict(qa.schema) == QA_SCHEMA
     assert qa["qa_uid"].to_list() == [
@@ -99,8 +100,8 @@ def test_resample_indices_follow_the_published_rounding():
 def test_malformed_lines_are_rejected_and_the_rest_is_unchanged(tmp_path, suffix):
     clean = _rows(IMAGE_ROWS)
     dirty = [clean[0], *BAD_LINES[:4], clean[1], "", *BAD_LINES[4:], clean[2]]
-    clean_result = P.read_pool(_write(tmp_path / f"clean{suffix}", clean), None)
-    dirty_result = P.read_pool(_write(tmp_path / f"dirty{suffix}", dirty), None)
+    clean_result = PR.read_pool(_write(tmp_path / f"clean{suffix}", clean), None)
+    dirty_result = PR.read_pool(_write(tmp_path / f"dirty{suffix}", dirty), None)
     ignore = ["line", "source_file"]
     assert dirty_result.qa.drop(ignore).equals(clean_result.qa.drop(ignore))
     rejects = dirty_result.rejects
@@ -141,12 +142,12 @@ def test_json_array_files_are_accepted(tmp_path):
     path = tmp_path / "pool.json"
     path.write_text(json.dumps(IMAGE_ROWS))
     jsonl = _write(tmp_path / "pool.jsonl", _rows(IMAGE_ROWS))
-    assert P.read_pool(path, None).qa.drop("source_file").equals(P.read_pool(jsonl, None).qa.drop("source_file"))
+    assert PR.read_pool(path, None).qa.drop("source_file").equals(PR.read_pool(jsonl, None).qa.drop("source_file"))
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(P.PoolError, match="nope.jsonl: pool file not found"):
-        P.read_pool(tmp_path / "nope.jsonl", None)
+        PR.read_pool(tmp_path / "nope.jsonl", None)
 
 
 def test_chunks_and_fingerprints_follow_line_ranges(tmp_path):
@@ -214,6 +215,6 @@ def test_parallel_ingest_writes_the_same_files(tmp_path):
 def test_read_pool_in_worker_processes_equals_one_process(tmp_path):
     ov = _write(tmp_path / "ov.jsonl", _rows(IMAGE_ROWS * 3) + BAD_LINES)
     vv = _write(tmp_path / "vv.jsonl", _rows(VIDEO_ROWS * 3))
-    one = P.read_pool(ov, vv, chunk_lines=2, workers=1, fast=False)
-    two = P.read_pool(ov, vv, chunk_lines=2, workers=2, fast=False)
+    one = PR.read_pool(ov, vv, chunk_lines=2, workers=1, fast=False)
+    two = PR.read_pool(ov, vv, chunk_lines=2, workers=2, fast=False)
     assert one.qa.equals(two.qa) and one.rejects.equals(two.rejects)

@@ -13,6 +13,7 @@ import pytest
 
 import gdo_core.pool_fast as F
 from gdo_core import pool as P
+from gdo_core import pool_read as PR
 from gdo_core.pool_fast import parse_file_fast
 
 
@@ -232,8 +233,8 @@ def test_read_pool_fast_and_exact_agree_on_both_files(tmp_path):
     rng = random.Random(9)
     ov = _write(tmp_path / "ov.jsonl", _lines(COMMON + ODD, rng, RAW_ODD))
     vv = _write(tmp_path / "vv.jsonl.gz", _lines(_video_rows(rng, 20), rng, RAW_ODD[:2]))
-    fast = P.read_pool(ov, vv)
-    exact = P.read_pool(ov, vv, fast=False, workers=1)
+    fast = PR.read_pool(ov, vv)
+    exact = PR.read_pool(ov, vv, fast=False, workers=1)
     assert fast.qa.equals(exact.qa) and fast.rejects.equals(exact.rejects)
 
 
@@ -268,11 +269,11 @@ def test_a_pool_read_in_many_blocks_comes_back_in_one_chunk(tmp_path, monkeypatc
     rng = random.Random(5)
     ov = _write(tmp_path / "ov.jsonl", _lines(COMMON * 3, rng))
     vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 30), rng))
-    whole = P.read_pool(ov, vv, row_frames=True)
+    whole = PR.read_pool(ov, vv, row_frames=True)
     monkeypatch.setattr(F, "BLOCK_BYTES", 256)
     blocks = [F.parse_file_fast(f, row_frames=True) for f in P.pool_files(ov, vv)]
     assert sum(b.qa.n_chunks() for b in blocks) > P.MAX_CHUNKS
-    small = P.read_pool(ov, vv, row_frames=True)
+    small = PR.read_pool(ov, vv, row_frames=True)
     assert small.qa.n_chunks("all") == [1] * small.qa.width
     assert small.frames.n_chunks() <= P.MAX_CHUNKS
     assert small.qa.equals(whole.qa) and small.frames.equals(whole.frames)
@@ -285,9 +286,9 @@ def test_block_bytes_given_to_read_pool_change_nothing(tmp_path, suffix):
     rng = random.Random(8)
     ov = _write(tmp_path / f"ov{suffix}", _lines(COMMON * 3 + ODD, rng, RAW_ODD))
     vv = _write(tmp_path / f"vv{suffix}", _lines(_video_rows(rng, 20), rng))
-    whole = P.read_pool(ov, vv, row_frames=True)
+    whole = PR.read_pool(ov, vv, row_frames=True)
     assert len(list(F._blocks(ov, 300))) > 3  # several blocks of that size
-    small = P.read_pool(ov, vv, row_frames=True, block_bytes=300, file_threads=1)
+    small = PR.read_pool(ov, vv, row_frames=True, block_bytes=300, file_threads=1)
     assert small.qa.equals(whole.qa) and small.frames.equals(whole.frames)
     assert small.rejects.equals(whole.rejects)
 
@@ -304,8 +305,8 @@ def test_categorical_read_holds_the_same_values(tmp_path, monkeypatch, fast):
     vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 20) + ODD[:4], rng, RAW_ODD[:3]))
     empty = _write(tmp_path / "empty.jsonl", [])
     for video in (vv, empty):
-        plain = P.read_pool(ov, video, fast=fast, workers=1, row_frames=True)
-        cat = P.read_pool(ov, video, fast=fast, workers=1, row_frames=True, categorical=True)
+        plain = PR.read_pool(ov, video, fast=fast, workers=1, row_frames=True)
+        cat = PR.read_pool(ov, video, fast=fast, workers=1, row_frames=True, categorical=True)
         for table, before in ((cat.qa, plain.qa), (cat.frames, plain.frames)):
             low = [c for c in LOW_CARD_COLUMNS if c in table.columns]
             assert low and all(table.schema[c] == pl.Categorical for c in low)
@@ -375,8 +376,8 @@ def test_the_fast_path_does_not_import_pandas(tmp_path):
     ov = _write(tmp_path / "ov.jsonl", _lines(COMMON + ODD, rng, RAW_ODD))
     vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 30), rng))
     code = (
-        "import sys; from gdo_core import pool as P; "
-        f"r = P.read_pool({str(ov)!r}, {str(vv)!r}, workers=1, row_frames=True); "
+        "import sys; from gdo_core import pool_read as PR; "
+        f"r = PR.read_pool({str(ov)!r}, {str(vv)!r}, workers=1, row_frames=True); "
         "assert r.qa.height > 0; print('pandas' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -387,7 +388,7 @@ def test_json_array_files_take_the_exact_path(tmp_path):
     path = tmp_path / "ov.json"
     path.write_text(json.dumps(COMMON))
     assert parse_file_fast(P.PoolFile(path, "onevision")) is None
-    result = P.read_pool(path, None)
+    result = PR.read_pool(path, None)
     assert result.qa.height > 0 and isinstance(result.qa, pl.DataFrame)
 
 
@@ -396,8 +397,8 @@ def test_row_frames_hold_each_lines_frames_once(tmp_path, fast):
     rng = random.Random(4)
     ov = _write(tmp_path / "ov.jsonl", _lines(COMMON + ODD, rng, RAW_ODD))
     vv = _write(tmp_path / "vv.jsonl", _lines(_video_rows(rng, 30) + ODD[:3], rng, RAW_ODD[:2]))
-    full = P.read_pool(ov, vv, fast=fast, workers=1, media_root=Path("/m"))
-    lean = P.read_pool(ov, vv, fast=fast, workers=1, media_root=Path("/m"), row_frames=True)
+    full = PR.read_pool(ov, vv, fast=fast, workers=1, media_root=Path("/m"))
+    lean = PR.read_pool(ov, vv, fast=fast, workers=1, media_root=Path("/m"), row_frames=True)
     assert "frames" not in lean.qa.columns
     assert lean.qa.equals(full.qa.drop("frames")) and lean.rejects.equals(full.rejects)
     expected = P.split_row_frames(full).frames
@@ -486,9 +487,9 @@ def test_spilled_texts_come_back_row_for_row(tmp_path, monkeypatch, fast):
     array.write_text(json.dumps(COMMON * 2))
     for n, (image, video) in enumerate(((ov, vv), ([ov, array], empty), (empty, None))):
         options = {"fast": fast, "workers": 1, "row_frames": True, "categorical": True}
-        plain = P.read_pool(image, video, **options)
+        plain = PR.read_pool(image, video, **options)
         spill = C.TextSpill(tmp_path / f"text{n}.arrow")
-        spilled = P.read_pool(image, video, spill_texts=spill, **options)
+        spilled = PR.read_pool(image, video, spill_texts=spill, **options)
         order = spilled.qa[C.TEXT_ROW].to_numpy()
         texts, hashes, counts = spill.close(order)
         assert sorted(order.tolist()) == list(range(plain.qa.height)) == list(range(texts.rows))

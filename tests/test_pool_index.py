@@ -13,6 +13,7 @@ import pytest
 
 from gdo_core import pool as P
 from gdo_core import pool_index as I
+from gdo_core import pool_read as PR
 
 
 def _row(i: int, answer: str = "red") -> str:
@@ -59,7 +60,7 @@ def test_reading_a_chunk_by_range_equals_reading_it_by_lines(tmp_path):
     index, _ = I.index_pool([pool], 5)
     entry = index.files[0]
     assert [c.index for c in entry.chunks] == [0, 1, 2, 3, 4]
-    whole = P.read_pool(path, None, fast=False)
+    whole = PR.read_pool(path, None, fast=False)
     got = []
     for chunk in entry.chunks:
         result, how = I.read_span(pool, entry, chunk.index)
