@@ -16,13 +16,13 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sklearn.cluster import MiniBatchKMeans
 
 from gdo_core import score
 from gdo_core.merged_db import (  # noqa: F401
@@ -50,6 +50,9 @@ from gdo_core.schema import (
     VISION_FEATURE_DIM,
 )
 from gdo_core.sql import create_parquet_views, create_table_sql, sql_list
+
+if TYPE_CHECKING:
+    from sklearn.cluster import MiniBatchKMeans
 
 # k = min(DEFAULT_MAX_CLUSTERS, rows) unless configured.
 DEFAULT_MAX_CLUSTERS = 4096
@@ -347,6 +350,9 @@ def fit_kmeans(
     Returns (model, passes, steps). The first batch seeds k-means++, so a batch holds at least
     `clusters` rows.
     """
+    # Imported here, so that loading the Dagster definitions does not pay for sklearn.
+    from sklearn.cluster import MiniBatchKMeans
+
     rows = row_count(shard_paths)
     batch_rows = max(batch_size, clusters)
     passes, _ = kmeans_schedule(rows, batch_rows)

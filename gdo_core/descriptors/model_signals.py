@@ -17,12 +17,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from gdo_core.strata import TOKEN_PATTERN, is_temporal_question
+
+if TYPE_CHECKING:
+    import torch
 
 LOSS_CLIP = 30.0  # PPL = exp(clip(loss_video, -LOSS_CLIP, LOSS_CLIP))
 IGNORE_INDEX = -100
@@ -41,11 +43,8 @@ TNC_TEMPORAL, TNC_STATIC, TNC_UNDECIDED = 1.0, 0.0, 0.5
 TNC_LLM, TNC_REGEX = "llm", "regex"
 TNC_MODES: tuple[str, ...] = (TNC_LLM, TNC_REGEX)
 DEFAULT_BATCH_SIZE = 8
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+# torch is imported where it is used, so that loading the Dagster definitions does not pay for it.
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 
@@ -174,11 +173,13 @@ class SeededSampler:
     def __init__(
         self, seeds: Sequence[int], top_k: int, temperature: float = SC_TEMPERATURE, top_p: float = SC_TOP_P
     ) -> None:
+        import torch
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.top_k, self.temperature, self.top_p = top_k, temperature, top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # Same filters and order as transformers' Temperature, TopK and TopP warpers.
+        import torch
         k = min(self.top_k, scores.shape[-1]) if self.top_k > 0 else scores.shape[-1]
         top, ids = torch.topk(scores.float() / self.temperature, k, dim=-1)  # descending
         probs = torch.softmax(top, dim=-1).cpu()
@@ -209,6 +210,7 @@ def sampling_kwargs(seeds: Sequence[int], top_k: int) -> dict[str, Any]:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    import torch
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -216,6 +218,7 @@ class SignalModel:
     """A Qwen-VL-style model and its processor, loaded once, computing the model signals."""
 
     def __init__(self, model: Any, processor: Any, device: str, dtype: torch.dtype, fingerprint: str) -> None:
+        import torch
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -242,6 +245,7 @@ class SignalModel:
         fingerprint: str | None = None,
     ) -> SignalModel:
         """Load a model directory (save_pretrained layout) and its processor."""
+        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         model_dir = Path(model_dir)
@@ -252,7 +256,7 @@ class SignalModel:
         dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         if dtype_name not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
-        torch_dtype = DTYPES[dtype_name]
+        torch_dtype = getattr(torch, dtype_name)
         processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
@@ -272,6 +276,7 @@ class SignalModel:
 
     def encode_images(self, items: Sequence[QAInput]) -> tuple[dict[str, Any] | None, list[list[int]]]:
         """Vision outputs per image in QA order (each frame list encoded once) and tokens per image per QA."""
+        import torch
         distinct: dict[str, list[np.ndarray]] = {}
         for item in items:
             if item.images:
@@ -322,6 +327,7 @@ class SignalModel:
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded ids, attention mask and modality ids (1 on image tokens) on the device."""
+        import torch
         batch = self.tokenizer(list(texts), padding=True, padding_side="left", return_tensors="pt")
         batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).to(torch.int32)
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -332,6 +338,7 @@ class SignalModel:
         self, items: Sequence[QAInput], encoded: dict[str, Any] | None, counts: Sequence[Sequence[int]]
     ) -> list[float]:
         """Mean answer cross-entropy per QA; with visuals when `encoded` is given, else blind."""
+        import torch
         with_visuals = encoded is not None
         prompts, fulls = [], []
         for item, item_counts in zip(items, counts):
@@ -368,6 +375,7 @@ class SignalModel:
         self, items: Sequence[QAInput], encoded: dict[str, Any], counts: Sequence[Sequence[int]], n: int
     ) -> list[list[str]]:
         """n sampled answers per QA from one `generate` over each prompt repeated n times (vision shared)."""
+        import torch
         prompts = [self._expand(self.chat_text(it.question, None, len(c)), c) for it, c in zip(items, counts)]
         batch = self.tokenize([p for p in prompts for _ in range(n)])
         rows = [i for i in range(len(items)) for _ in range(n)]
@@ -388,6 +396,7 @@ class SignalModel:
 
     def tnc(self, questions: Sequence[str]) -> list[float]:
         """TNC by asking the model, text only and greedy, at most 3 new tokens."""
+        import torch
         prompts = [self.chat_text(TNC_PROMPT.format(question=q), None, 0) for q in questions]
         batch = self.tokenize(prompts)
         batch.pop("mm_token_type_ids")
@@ -449,6 +458,7 @@ def run_split_on_failure(
     items: Sequence[Any], compute: Callable[[Sequence[Any]], list[Any]], on_error: Callable[[Any, str], Any]
 ) -> list[Any]:
     """compute(items), halving a failing batch (OOM or other) down to single items, whose failure is on_error."""
+    import torch
     try:
         return compute(items)
     except Exception as exc:  # noqa: BLE001 - one bad QA or an OOM must not lose the batch
@@ -479,6 +489,7 @@ def compute_tnc(model: SignalModel, questions: Sequence[str]) -> list[float | No
 
 def published_signals(model: SignalModel, item: QAInput, sc_samples: int, tnc_mode: str) -> tuple[ModelSignals, float]:
     """One QA as the published code does it: processor per pass, 2 forwards, TNC, N generate calls."""
+    import torch
     n = len(item.images)
     proc = model.processor
 
