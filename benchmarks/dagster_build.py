@@ -4,7 +4,7 @@
     python benchmarks/dagster_build.py --qas 20000 --runs 1   # a quick check
     python benchmarks/dagster_build.py --qas 100000 --workdir /tmp/gdo-dagster-bench
 
-Goal (from the issue): the Dagster materialization's wall time is at most GOAL_RATIO (1.5) times
+Goal: the Dagster materialization's wall time is at most GOAL_RATIO (1.5) times
 `gdo build`'s, and both give the same GDO 1x and Uni-10x qa_uid lists.
 
 Setup, done once per --workdir and not timed in the comparison (each step's time is printed and
