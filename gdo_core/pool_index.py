@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from gdo_core.descriptors.cache import write_text_atomic
 from gdo_core.pool import (
     ParseOptions,
     PoolFile,
@@ -330,16 +331,9 @@ def load_index(path: Path) -> PoolIndex | None:
         return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_index(index: PoolIndex, path: Path) -> None:
     """Write the index (to a temporary name, then renamed into place)."""
-    _write_atomic(Path(path), json.dumps(index.to_dict(), separators=(",", ":")))
+    write_text_atomic(Path(path), json.dumps(index.to_dict(), separators=(",", ":")))
 
 
 # ---- reading one chunk --------------------------------------------------------------------
@@ -403,7 +397,7 @@ def write_stamp(output: Path, **fields: Any) -> Path:
     """Record what `output` was computed from (written after the output, so a crash between
     the two leaves an output without a current stamp: it is redone, never trusted)."""
     path = stamp_path(output)
-    _write_atomic(path, json.dumps(fields, sort_keys=True))
+    write_text_atomic(path, json.dumps(fields, sort_keys=True))
     return path
 
 

@@ -41,7 +41,8 @@ def frame_stats(paths: Iterable[str]) -> dict[str, tuple[int, int] | None]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file beside path and rename it into place (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -86,7 +87,7 @@ class DescriptorCache:
         """Store rows by key; `batch` names the keys computed together (their padding is shared)."""
         for key, row in rows.items():
             entry = {"format": CACHE_FORMAT, "batch": list(batch), "row": row}
-            _write_atomic(self._path("rows", key), json.dumps(entry, sort_keys=True))
+            write_text_atomic(self._path("rows", key), json.dumps(entry, sort_keys=True))
 
     def get_values(self, kind: str, keys: Iterable[str]) -> dict[str, Any]:
         """Cached scalar values (e.g. TNC per question) by key."""
@@ -100,4 +101,4 @@ class DescriptorCache:
     def put_values(self, kind: str, values: dict[str, Any]) -> None:
         """Store scalar values by key."""
         for key, value in values.items():
-            _write_atomic(self._path(kind, key), json.dumps({"format": CACHE_FORMAT, "value": value}))
+            write_text_atomic(self._path(kind, key), json.dumps({"format": CACHE_FORMAT, "value": value}))
