@@ -10,13 +10,13 @@ A research aid for the demo world, not a speed figure. Each run:
    `--one-object-images` keeps one shape per image scene, `--video-radius LO,HI` sets the radius
    range of video objects (the shipped demo: `demo_scenes.VIDEO_RADIUS`);
 2. draws `--samples` QAs uniformly (seeded), or with `--colour-share S` that share of colour
-   questions ("What colour ...", "What is the colour ...") and the rest uniformly from the others;
+   questions (of a shape or of the background) and the rest uniformly from the others;
 3. trains the tiny model (`gdo_core.tiny_model`, random weights) on them with `swift sft` under
    the demo recipe (`gdo_core/recipes/demo.yaml`; `--lr` overrides its learning rate) through
    `gdo_core.training.train_arm`, as the demo's Uni-10x arm is trained;
 4. scores the last checkpoint with lmms-eval on a demo benchmark rendered with the same video
    radius (`--bench-questions`, a fifth per subtask) and prints per-subtask accuracy beside chance,
-   with a one-sided binomial p-value of the open colour question against its chance (1/6).
+   with a one-sided exact binomial p-value of each subtask's score against chance.
 
 Results go to <workdir>/<name>/result.json. One run takes 4-8 min on this 2-core machine (training
 is single-threaded, so two runs side by side take about as long as one).
@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from gdo_core import demo_scenes, demo_world
+from gdo_core.convergence import above_chance_p
 from gdo_core.demo_benchmark import benchmark_baselines, make_demo_benchmark
 from gdo_core.evaluation import EvalLaunch, read_results, score_checkpoints
 from gdo_core.pool_read import read_pool
@@ -45,7 +46,7 @@ from gdo_core.training import Launch, load_recipe, train_arm
 
 REPO = Path(__file__).resolve().parents[1]
 
-COLOUR_QUESTION = r"^(What colour|What is the colour)"
+COLOUR_QUESTION = r"^(What colour|What is the colour|What is the background colour)"
 
 
 def _variant(one_object_images: bool, video_radius: tuple[int, int] | None) -> None:
@@ -139,13 +140,14 @@ def main() -> None:
     last = trained.checkpoints[-1][1]
     found = score_checkpoints(recipe_file, [last], root / "scores", EvalLaunch(), include_path=bench)
     scores = {sub: acc for _, sub, acc in read_results(found[last.name], ["gdo_demo"])}
-    chance = {k: v["chance"] for k, v in benchmark_baselines(bench).items()}
-
-    from scipy.stats import binomtest
-
-    per_subtask = args.bench_questions // 5
-    hits = round(scores.get("colour_open", 0.0) * per_subtask / 100)
-    p_value = binomtest(hits, per_subtask, 1 / 6, alternative="greater").pvalue
+    baselines = benchmark_baselines(bench)
+    chance = {k: v["chance"] for k, v in baselines.items()}
+    # One-sided exact binomial p-value of each subtask's score against a uniform guess.
+    p_values = {
+        sub: above_chance_p(round(acc * baselines[sub]["questions"] / 100), int(baselines[sub]["questions"]), chance[sub] / 100)
+        for sub, acc in scores.items()
+        if sub in baselines and sub != "overall"
+    }
     losses = trained.losses.drop_nulls("eval_loss") if "eval_loss" in trained.losses.columns else None
     result = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -156,15 +158,14 @@ def main() -> None:
         "held_out_loss": losses["eval_loss"].to_list() if losses is not None else None,
         "accuracy": scores,
         "chance": chance,
-        "colour_open_hits": hits,
-        "colour_open_questions": per_subtask,
-        "colour_open_p_value": p_value,
+        "questions": {k: v["questions"] for k, v in baselines.items()},
+        "p_value": p_values,
     }
     (root / "result.json").write_text(json.dumps(result, indent=2))
     print(f"{args.name}: {len(rows)} rows ({n_colour} colour), pool {qa.height} QAs, trained in {train_s:.0f} s")
     for sub, acc in scores.items():
-        print(f"  {sub:12s} {acc:5.1f}%  (chance {chance.get(sub, float('nan')):.1f}%)")
-    print(f"  colour_open {hits}/{per_subtask}, one-sided binomial p = {p_value:.3f} against 1/6")
+        p = f", p = {p_values[sub]:.2g}" if sub in p_values else ""
+        print(f"  {sub:12s} {acc:5.1f}%  (chance {chance.get(sub, float('nan')):.1f}%{p})")
 
 
 if __name__ == "__main__":

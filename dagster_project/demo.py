@@ -204,9 +204,10 @@ def run_demo(
         "",
         (
             "Final accuracy per subtask (%; chance: a uniform guess over the options; constant: the best "
-            "single answer given to every question):"
+            "single answer given to every question; p <arm>: one-sided binomial p-value of that arm's "
+            "score against chance):"
         ),
-        C.markdown(final),
+        C.markdown(_p_as_text(final)),
         "",
         "Held-out loss (ms-swift's split), first -> last checkpoint:",
         C.markdown(losses, 3),
@@ -250,18 +251,44 @@ def run_demo(
 
 
 def _final_accuracies(scores, baselines: dict[str, dict[str, float]]):
-    """Last checkpoint's accuracy per arm and subtask, beside the chance and constant-answer baselines."""
+    """Last checkpoint's accuracy per arm and subtask, beside the chance and constant-answer baselines,
+    with each arm's one-sided binomial p-value against chance per subtask ('p <arm>')."""
     import polars as pl
+
+    from gdo_core import schema as S
+    from gdo_core.convergence import above_chance_p
 
     last = scores.sort("step").group_by(["profile", "arm", "task", "subtask"], maintain_order=True).last()
     wide = last.pivot(on="arm", index=["profile", "task", "subtask"], values="accuracy").sort(["profile", "task", "subtask"])
+    arms = [c for c in wide.columns if c not in ("profile", "task", "subtask")]
+
+    def p_value(subtask: str, accuracy: float | None) -> float | None:
+        base = baselines.get(subtask)
+        if accuracy is None or base is None or subtask == S.OVERALL:
+            return None  # overall mixes subtasks of different chance: no single binomial
+        n = int(base["questions"])
+        return above_chance_p(round(accuracy * n / 100), n, base["chance"] / 100)
+
     return wide.with_columns(
         **{
             kind: pl.col("subtask").replace_strict(
                 {sub: b[kind] for sub, b in baselines.items()}, default=None, return_dtype=pl.Float64
             )
             for kind in ("chance", "constant")
-        }
+        },
+        **{
+            f"p {arm}": pl.Series([p_value(sub, acc) for sub, acc in zip(wide["subtask"], wide[arm])], dtype=pl.Float64)
+            for arm in arms
+        },
+    )
+
+
+def _p_as_text(final):
+    """The p-value columns as text with 2 significant digits (markdown rounds floats to one decimal)."""
+    import polars as pl
+
+    return final.with_columns(
+        pl.col(c).map_elements(lambda v: f"{v:.2g}", return_dtype=pl.String) for c in final.columns if c.startswith("p ")
     )
 
 

@@ -80,6 +80,13 @@ def reduction(uni_samples: float, peak_match: float | None) -> float | None:
     return uni_samples / peak_match
 
 
+def above_chance_p(correct: int, questions: int, chance: float) -> float:
+    """One-sided exact binomial p-value: P(at least `correct` of `questions` right when each is a guess right with probability `chance`)."""
+    if not 0 <= correct <= questions or not 0.0 <= chance <= 1.0:
+        raise ValueError(f"need 0 <= correct <= questions and chance in [0, 1], got {correct}/{questions}, {chance}")
+    return min(1.0, sum(math.comb(questions, k) * chance**k * (1 - chance) ** (questions - k) for k in range(correct, questions + 1)))
+
+
 def arm_curve(scores: pl.DataFrame, profile: str, arm: str, task: str, subtask: str = S.OVERALL) -> list[tuple[int, float]]:
     """(samples_seen, accuracy) of one arm's checkpoints on one benchmark, in step order."""
     rows = scores.filter(

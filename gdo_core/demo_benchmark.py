@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from gdo_core.demo_scenes import (
+    BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
     SHAPES,
@@ -24,16 +25,26 @@ from gdo_core.demo_world import dumps, write_lines
 from gdo_core.pool import resample_indices
 
 BENCHMARK_GROUP = "gdo_demo"
-# MCQ subtasks over short clips, and one open question (answer in a word): the colour of a shape,
-# the kind of fact a tiny model can learn from pixels in one epoch of the demo pool.
-BENCHMARK_CATEGORIES: tuple[str, ...] = ("direction", "order", "count", "colour", "colour_open")
-OPEN_CATEGORIES: tuple[str, ...] = ("colour_open",)
+# MCQ subtasks over short clips, and two open questions (answer in a word): the colour of a shape
+# and the colour of the background, the kind of fact a tiny model can learn from pixels in one
+# epoch of the demo pool.
+BENCHMARK_CATEGORIES: tuple[str, ...] = (
+    "direction", "order", "count", "colour", "colour_open", "background"
+)
+OPEN_CATEGORIES: tuple[str, ...] = ("colour_open", "background")
 # Frames per benchmark clip, sampled as the pool's video QAs are (the demo trains on 8).
 BENCHMARK_FRAMES = 8
 
 
-def _benchmark_item(rng: np.random.Generator, category: str) -> tuple[Clip, str, list[str], str]:
-    """A clip and one MCQ (question, candidates, answer) of the given category."""
+def _benchmark_item(
+    rng: np.random.Generator, category: str, index: int
+) -> tuple[Clip, str, list[str], str]:
+    """A clip and one question (question, candidates, answer) of the given category; `index` counts
+    the category's earlier questions (background questions cycle through the backgrounds)."""
+    if category == "background":
+        clip = make_clip(rng, str(rng.choice(["still", "move"])))
+        clip.background = list(BACKGROUNDS)[index % len(BACKGROUNDS)]
+        return clip, "What colour is the background of the video?", list(BACKGROUNDS), clip.background
     if category == "direction":
         clip = make_clip(rng, "move")
         o, d = clip.facts["mover"], clip.facts["direction"]
@@ -195,7 +206,7 @@ def make_demo_benchmark(
     docs: dict[str, list[dict[str, Any]]] = {c: [] for c in BENCHMARK_CATEGORIES}
     for i in range(n_questions):
         category = BENCHMARK_CATEGORIES[i % len(BENCHMARK_CATEGORIES)]
-        clip, question, cands, answer = _benchmark_item(rng, category)
+        clip, question, cands, answer = _benchmark_item(rng, category, len(docs[category]))
         cands = [cands[j] for j in rng.permutation(len(cands))]
         if category not in OPEN_CATEGORIES:
             # The answer's letter cycles A, B, C, D within a subtask: no letter is a free win.
@@ -245,8 +256,9 @@ def make_demo_benchmark(
 
 
 def benchmark_baselines(bench_dir: Path) -> dict[str, dict[str, float]]:
-    """Per subtask and overall, in percent: a uniform guess over the options ('chance') and the best
-    single answer given to every question ('constant': a letter for MCQ, an option for open ones)."""
+    """Per subtask and overall: in percent, a uniform guess over the options ('chance') and the best
+    single answer given to every question ('constant': a letter for MCQ, an option for open ones),
+    and the number of questions ('questions')."""
     per: dict[str, dict[str, float]] = {}
     total: dict[str, float] = {"chance": 0.0, "constant": 0.0}
     n = 0
@@ -261,10 +273,10 @@ def benchmark_baselines(bench_dir: Path) -> dict[str, dict[str, float]]:
         else:
             golds = [r["candidates"].index(r["answer"]) for r in rows]
         best = max(golds.count(g) for g in set(golds)) * 100.0
-        per[category] = {"chance": guess / len(rows), "constant": best / len(rows)}
+        per[category] = {"chance": guess / len(rows), "constant": best / len(rows), "questions": len(rows)}
         total["chance"] += guess
         total["constant"] += best
         n += len(rows)
     if n:
-        per["overall"] = {k: v / n for k, v in total.items()}
+        per["overall"] = {**{k: v / n for k, v in total.items()}, "questions": n}
     return per

@@ -8,10 +8,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdo_core.demo_scenes import COLOURS, DIRECTIONS, SHAPES, VIDEO_SIZE, Clip, Obj, pick
+from gdo_core.demo_scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    VIDEO_SIZE,
+    Clip,
+    Obj,
+    pick,
+)
 
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six")
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+# Share of video clips asked the colour of their background. The tiny random model learns a
+# background's brightness from pixels in one epoch when about a quarter of the QAs ask it
+# (docs/benchmarks.md, "Can the tiny demo model learn colours from pixels?").
+VIDEO_BACKGROUND_SHARE = 0.6
 
 
 @dataclass
@@ -108,6 +121,16 @@ def _image_colour(
         ),
     )
     return _as_form(rng, q, o.colour, f"The {o.shape} is {o.colour}.", tuple(COLOURS), mcq_share)
+
+
+def _image_background(
+    rng: np.random.Generator, size: int, background: str, objs: Sequence[Obj], mcq_share: float
+) -> QA | None:
+    """The colour of the background (every patch of the image shows it)."""
+    q = pick(rng, ("What colour is the background?", "What is the background colour of the image?"))
+    return _as_form(
+        rng, q, background, f"The background is {background}.", tuple(BACKGROUNDS), mcq_share
+    )
 
 
 def _image_shape(
@@ -209,6 +232,7 @@ _IMAGE_QUESTIONS: dict[
     str, Callable[[np.random.Generator, int, str, Sequence[Obj], float], QA | None]
 ] = {
     "colour": _image_colour,
+    "background": _image_background,
     "shape": _image_shape,
     "count": _image_count,
     "subtract": _image_subtract,
@@ -423,8 +447,10 @@ def _sequence_questions(rng: np.random.Generator, clip: Clip, mcq_share: float) 
 
 
 def _static_video_questions(rng: np.random.Generator, clip: Clip, mcq_share: float) -> list[QA]:
-    """Colour and shape of the clip's objects, where unambiguous."""
+    """Colour and shape of the clip's objects, where unambiguous, and often its background colour."""
     qas: list[QA] = []
+    if rng.random() < VIDEO_BACKGROUND_SHARE:
+        qas.append(QA("What colour is the background of the video?", clip.background))
     by_shape = _unique(clip.objs, lambda x: x.shape)
     if by_shape:
         o = pick(rng, by_shape)

@@ -314,7 +314,7 @@ def _sequence_clip(rng: np.random.Generator, cast: _Cast) -> tuple[list[Obj], di
 
 def make_clip(rng: np.random.Generator, kind: str) -> Clip:
     """Script one clip of the given kind: move, still, appear, bursts or sequence."""
-    background = str(pick(rng, ("white", "grey", "black", "beige")))
+    background = str(pick(rng, tuple(BACKGROUNDS)))
     frame_choices = {
         "move": VIDEO_FRAME_COUNTS,
         "still": VIDEO_FRAME_COUNTS,

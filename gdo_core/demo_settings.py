@@ -20,7 +20,7 @@ class DemoSettings:
     torch_threads: int = 1
     target_count: int = 100  # the demo budget: a fixed 1x count (the paper: auto); Uni-10x is 10x it
     recipe: str = "demo"  # gdo_core/recipes/demo.yaml
-    benchmark_questions: int = 100  # 20 per subtask
+    benchmark_questions: int = 120  # 20 per subtask
     trained_profiles: tuple[str, ...] = ("temp_plus",)  # `gdo demo --all-profiles` trains all four
 
 

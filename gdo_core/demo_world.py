@@ -134,11 +134,13 @@ def _insert_broken(
 # ---------------------------------------------------------------- image pool
 
 # Question kinds per source: what each public source mostly contains.
+# A kind listed twice is asked twice as often. The background question is common so that the tiny
+# model sees it often enough to learn it (gdo_core.demo_questions.VIDEO_BACKGROUND_SHARE).
 _IMAGE_KINDS: dict[str, tuple[str, ...]] = {
-    "CLEVR-Math(MathV360K)": ("subtract", "count", "count", "colour"),
-    "ai2d(cauldron,llava_format)": ("shape", "colour", "position", "count"),
-    "sharegpt4v(coco)": ("detailed", "where", "colour", "shape"),
-    "ureader_cap": ("caption", "where", "colour"),
+    "CLEVR-Math(MathV360K)": ("subtract", "count", "count", "colour", "background", "background"),
+    "ai2d(cauldron,llava_format)": ("shape", "colour", "position", "count", "background", "background"),
+    "sharegpt4v(coco)": ("detailed", "where", "colour", "shape", "background", "background"),
+    "ureader_cap": ("caption", "where", "colour", "background", "background"),
 }
 _IMAGE_MCQ_SHARE: dict[str, float] = {
     "CLEVR-Math(MathV360K)": 0.2,

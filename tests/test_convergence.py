@@ -143,3 +143,29 @@ def test_markdown_and_plots(scores, tmp_path):
     ):
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not math.isnan(tables.summary["delta"].sum())
+
+
+@pytest.mark.parametrize(
+    ("correct", "questions", "chance", "expected"),
+    [
+        (0, 5, 0.25, 1.0),  # at least none right: certain
+        (2, 2, 0.5, 0.25),  # both right: 1/2 * 1/2
+        (1, 3, 0.25, 1 - 0.75**3),  # at least one right: 1 - P(none)
+        (3, 3, 0.25, 0.25**3),
+    ],
+)
+def test_above_chance_p_by_hand(correct, questions, chance, expected):
+    assert C.above_chance_p(correct, questions, chance) == pytest.approx(expected)
+
+
+def test_above_chance_p_matches_scipy_binomial_tail():
+    from scipy.stats import binom
+
+    for correct, questions, chance in [(10, 20, 0.25), (24, 50, 0.25), (4, 20, 1 / 6), (0, 20, 1 / 6)]:
+        assert C.above_chance_p(correct, questions, chance) == pytest.approx(binom.sf(correct - 1, questions, chance))
+
+
+def test_above_chance_p_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="correct <= questions"):
+        C.above_chance_p(5, 4, 0.25)
+

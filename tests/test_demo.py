@@ -11,6 +11,7 @@ from typing import Any
 
 import cv2
 import decord
+import numpy as np
 import pytest
 import yaml
 
@@ -26,10 +27,11 @@ from gdo_core.demo import (
     make_demo_benchmark,
     make_demo_pool,
 )
+from gdo_core.demo_scenes import BACKGROUNDS
 
 N_IMAGE_ROWS = 40
 N_VIDEOS = 12
-N_QUESTIONS = 8
+N_QUESTIONS = 12
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -219,9 +221,16 @@ def test_benchmark_utils_score_one_doc(bench: Path) -> None:
 
 def test_benchmark_baselines(bench: Path) -> None:
     baselines = benchmark_baselines(bench)
-    # four options per MCQ subtask, six colours for the open one
+    # four options per MCQ subtask, six colours for the open colour question, four backgrounds
     assert baselines["direction"]["chance"] == 25.0
     assert baselines["colour_open"]["chance"] == pytest.approx(100 / 6)
+    assert baselines["background"]["chance"] == 25.0
+    assert baselines["overall"]["questions"] == N_QUESTIONS
+    assert sum(baselines[c]["questions"] for c in BENCHMARK_CATEGORIES) == N_QUESTIONS
+    # background questions cycle through the four backgrounds: one answer wins a quarter at most
+    docs = [json.loads(line) for line in _lines(bench / "data" / "background.jsonl")]
+    assert [d["answer"] for d in docs] == [list(BACKGROUNDS)[i % 4] for i in range(len(docs))]
+    assert baselines["background"]["constant"] == pytest.approx(100 * -(-len(docs) // 4) / len(docs))
     # answer letters cycle A, B, ... within an MCQ subtask, so answering one letter throughout wins
     # at most ceil(n / 4) of n questions
     for category in ("direction", "order", "count", "colour"):
@@ -232,6 +241,36 @@ def test_benchmark_baselines(bench: Path) -> None:
     n = {c: len(_lines(bench / "data" / f"{c}.jsonl")) for c in BENCHMARK_CATEGORIES}
     expected = sum(n[c] * (100 / 6 if c == "colour_open" else 25.0) for c in n) / sum(n.values())
     assert baselines["overall"]["chance"] == pytest.approx(expected)
+
+
+def _dominant_colour(img: Any) -> tuple[int, ...]:
+    """The BGR value most pixels of an image share."""
+    values, counts = np.unique(img.reshape(-1, 3), axis=0, return_counts=True)
+    return tuple(int(v) for v in values[counts.argmax()])
+
+
+def test_background_answers_are_the_rendered_background(
+    pools: tuple[DemoPool, DemoPool, DemoPool], bench: Path
+) -> None:
+    pool = pools[0]
+    bgr = {name: tuple(v) for name, v in BACKGROUNDS.items()}
+    checked = 0
+    for path, broken in ((pool.onevision, pool.broken_lines[ONEVISION_FILE]), (pool.video, pool.broken_lines[VIDEO_FILE])):
+        for row in _valid_rows(path, broken):
+            turns = _turns(row)
+            media = row.get("images") or [row.get("image") or row.get("video")]
+            for (_, q), (_, a) in zip(turns[0::2], turns[1::2], strict=True):
+                if "background" not in q or "\nA. " in q or media[0].endswith(".mp4"):
+                    continue
+                named = [b for b in BACKGROUNDS if re.search(rf"\b{b}\b", a)]
+                assert len(named) == 1, (q, a)
+                assert _dominant_colour(cv2.imread(str(pool.root / media[0]))) == bgr[named[0]]
+                checked += 1
+    assert checked >= 5
+    for doc in (json.loads(line) for line in _lines(bench / "data" / "background.jsonl")):
+        frame = cv2.imread(str(bench / doc["frames"][0]))
+        # JPEG moves a flat colour by a few levels at most
+        assert np.abs(np.array(_dominant_colour(frame)) - bgr[doc["answer"]]).max() <= 4
 
 
 def test_benchmark_loads_with_lmms_eval_loader(bench: Path) -> None:
