@@ -221,16 +221,16 @@ def test_benchmark_utils_score_one_doc(bench: Path) -> None:
 
 def test_benchmark_baselines(bench: Path) -> None:
     baselines = benchmark_baselines(bench)
-    # four options per MCQ subtask, six colours for the open colour question, four backgrounds
+    # four options per MCQ subtask, six colours for the open colour question, two backgrounds
     assert baselines["direction"]["chance"] == 25.0
     assert baselines["colour_open"]["chance"] == pytest.approx(100 / 6)
-    assert baselines["background"]["chance"] == 25.0
+    assert baselines["background"]["chance"] == 50.0
     assert baselines["overall"]["questions"] == N_QUESTIONS
     assert sum(baselines[c]["questions"] for c in BENCHMARK_CATEGORIES) == N_QUESTIONS
-    # background questions cycle through the four backgrounds: one answer wins a quarter at most
+    # background questions alternate white, black: one answer wins half of them at most
     docs = [json.loads(line) for line in _lines(bench / "data" / "background.jsonl")]
-    assert [d["answer"] for d in docs] == [list(BACKGROUNDS)[i % 4] for i in range(len(docs))]
-    assert baselines["background"]["constant"] == pytest.approx(100 * -(-len(docs) // 4) / len(docs))
+    assert [d["answer"] for d in docs] == [("white", "black")[i % 2] for i in range(len(docs))]
+    assert baselines["background"]["constant"] == pytest.approx(100 * -(-len(docs) // 2) / len(docs))
     # answer letters cycle A, B, ... within an MCQ subtask, so answering one letter throughout wins
     # at most ceil(n / 4) of n questions
     for category in ("direction", "order", "count", "colour"):
@@ -239,7 +239,8 @@ def test_benchmark_baselines(bench: Path) -> None:
         assert letters == ["ABCD"[i % 4] for i in range(len(docs))]
         assert baselines[category]["constant"] == pytest.approx(100 * -(-len(docs) // 4) / len(docs))
     n = {c: len(_lines(bench / "data" / f"{c}.jsonl")) for c in BENCHMARK_CATEGORIES}
-    expected = sum(n[c] * (100 / 6 if c == "colour_open" else 25.0) for c in n) / sum(n.values())
+    per_question = {"colour_open": 100 / 6, "background": 50.0}
+    expected = sum(n[c] * per_question.get(c, 25.0) for c in n) / sum(n.values())
     assert baselines["overall"]["chance"] == pytest.approx(expected)
 
 
