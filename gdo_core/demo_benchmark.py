@@ -40,7 +40,7 @@ def _benchmark_item(
     rng: np.random.Generator, category: str, index: int
 ) -> tuple[Clip, str, list[str], str]:
     """A clip and one question (question, candidates, answer) of the given category; `index` counts
-    the category's earlier questions (background questions cycle through the backgrounds)."""
+    the category's earlier questions (the open questions' answers cycle through their options)."""
     if category == "background":
         clip = make_clip(rng, str(rng.choice(["still", "move"])))
         clip.background = list(BACKGROUNDS)[index % len(BACKGROUNDS)]
@@ -69,6 +69,7 @@ def _benchmark_item(
         while len(clip.objs) != 1:  # one object: the question needs no binding of shape to colour
             clip = make_clip(rng, "still")
         o = clip.objs[0]
+        o.colour = list(COLOURS)[index % len(COLOURS)]  # colours cycle: no answer is a free win
         return clip, f"What colour is the {o.shape} in the video?", list(COLOURS), o.colour
     clip = make_clip(rng, "move")
     o = clip.facts["mover"]

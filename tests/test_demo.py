@@ -231,6 +231,11 @@ def test_benchmark_baselines(bench: Path) -> None:
     docs = [json.loads(line) for line in _lines(bench / "data" / "background.jsonl")]
     assert [d["answer"] for d in docs] == [("white", "black")[i % 2] for i in range(len(docs))]
     assert baselines["background"]["constant"] == pytest.approx(100 * -(-len(docs) // 2) / len(docs))
+    # the open colour question's answers cycle through the six colours in the same way
+    docs = [json.loads(line) for line in _lines(bench / "data" / "colour_open.jsonl")]
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    assert [d["answer"] for d in docs] == [colours[i % 6] for i in range(len(docs))]
+    assert baselines["colour_open"]["constant"] == pytest.approx(100 * -(-len(docs) // 6) / len(docs))
     # answer letters cycle A, B, ... within an MCQ subtask, so answering one letter throughout wins
     # at most ceil(n / 4) of n questions
     for category in ("direction", "order", "count", "colour"):
