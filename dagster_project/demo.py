@@ -191,7 +191,7 @@ def run_demo(
     scores = read_scores(project)
     tables = C.analyse(scores)
     baselines = benchmark_baselines(bench)
-    final = _final_accuracies(scores, baselines)
+    final = C.chance_table(scores, baselines)
     losses = held_out_losses(project)
     seconds = round(time.perf_counter() - started, 1)
     lines = [
@@ -207,7 +207,7 @@ def run_demo(
             "single answer given to every question; p <arm>: one-sided binomial p-value of that arm's "
             "score against chance):"
         ),
-        C.markdown(_p_as_text(final)),
+        C.markdown(C.p_values_as_text(final)),
         "",
         "Held-out loss (ms-swift's split), first -> last checkpoint:",
         C.markdown(losses, 3),
@@ -248,48 +248,6 @@ def run_demo(
         "timings": timings,
         "seconds": seconds,
     }
-
-
-def _final_accuracies(scores, baselines: dict[str, dict[str, float]]):
-    """Last checkpoint's accuracy per arm and subtask, beside the chance and constant-answer baselines,
-    with each arm's one-sided binomial p-value against chance per subtask ('p <arm>')."""
-    import polars as pl
-
-    from gdo_core import schema as S
-    from gdo_core.convergence import above_chance_p
-
-    last = scores.sort("step").group_by(["profile", "arm", "task", "subtask"], maintain_order=True).last()
-    wide = last.pivot(on="arm", index=["profile", "task", "subtask"], values="accuracy").sort(["profile", "task", "subtask"])
-    arms = [c for c in wide.columns if c not in ("profile", "task", "subtask")]
-
-    def p_value(subtask: str, accuracy: float | None) -> float | None:
-        base = baselines.get(subtask)
-        if accuracy is None or base is None or subtask == S.OVERALL:
-            return None  # overall mixes subtasks of different chance: no single binomial
-        n = int(base["questions"])
-        return above_chance_p(round(accuracy * n / 100), n, base["chance"] / 100)
-
-    return wide.with_columns(
-        **{
-            kind: pl.col("subtask").replace_strict(
-                {sub: b[kind] for sub, b in baselines.items()}, default=None, return_dtype=pl.Float64
-            )
-            for kind in ("chance", "constant")
-        },
-        **{
-            f"p {arm}": pl.Series([p_value(sub, acc) for sub, acc in zip(wide["subtask"], wide[arm])], dtype=pl.Float64)
-            for arm in arms
-        },
-    )
-
-
-def _p_as_text(final):
-    """The p-value columns as text with 2 significant digits (markdown rounds floats to one decimal)."""
-    import polars as pl
-
-    return final.with_columns(
-        pl.col(c).map_elements(lambda v: f"{v:.2g}", return_dtype=pl.String) for c in final.columns if c.startswith("p ")
-    )
 
 
 def _run(defs, job_name: str, instance, **kwargs):

@@ -433,12 +433,13 @@ def held_out_losses(project: GdoProject) -> pl.DataFrame:
     group_name="training",
     description="Peak match, reduction and deltas per benchmark, subtask deltas, the budget frontier, ablations, plots.",
 )
-def convergence_report(context: AssetExecutionContext, gdo: GdoProject) -> MaterializeResult:
+def convergence_report(context: AssetExecutionContext, gdo: GdoProject, training: TrainingResource) -> MaterializeResult:
     """The paper's convergence tables over every scored arm, as markdown, Parquet and PNG plots."""
     scores = read_scores(gdo)
     if scores.is_empty():
         raise Failure(f"no scores under {gdo.path(*SCORES_GLOB[:-1])}; materialize {BENCHMARK_SCORES} first")
     tables = C.analyse(scores)
+    chance = chance_against_baselines(scores, include_path_of(training.load(), gdo))
     out = gdo.path(*REPORT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.named().items():
@@ -449,7 +450,7 @@ def convergence_report(context: AssetExecutionContext, gdo: GdoProject) -> Mater
         "frontier": C.plot_frontier(tables.frontier, tables.summary, out / "frontier.png"),
         "subtask_deltas": C.plot_subtask_heatmap(tables.subtasks, out / "subtask_deltas.png"),
     }
-    text = report_markdown(tables, losses)
+    text = report_markdown(tables, losses, chance)
     (out / "report.md").write_text(text)
     curves = base64.b64encode(plots["curves"].read_bytes()).decode()
     context.log.info("\n".join(C.headline(tables.summary)))
@@ -460,6 +461,7 @@ def convergence_report(context: AssetExecutionContext, gdo: GdoProject) -> Mater
             "frontier": MetadataValue.md(C.markdown(tables.frontier)),
             "ablations": MetadataValue.md(C.markdown(tables.ablations)),
             "held_out_loss": MetadataValue.md(C.markdown(losses, 3)),
+            **({"final_vs_chance": MetadataValue.md(C.markdown(C.p_values_as_text(chance)))} if chance is not None else {}),
             "headline": MetadataValue.md("\n".join(f"- {line}" for line in C.headline(tables.summary))),
             "curves": MetadataValue.md(f"![accuracy vs samples seen](data:image/png;base64,{curves})"),
             **{f"plot_{name}": MetadataValue.path(str(path)) for name, path in plots.items()},
@@ -468,7 +470,19 @@ def convergence_report(context: AssetExecutionContext, gdo: GdoProject) -> Mater
     )
 
 
-def report_markdown(tables: C.ConvergenceTables, losses: pl.DataFrame) -> str:
+def chance_against_baselines(scores: pl.DataFrame, bench_dir: Path | None) -> pl.DataFrame | None:
+    """Final accuracies beside chance when the local benchmark folder says what chance is (the demo
+    benchmark's layout), else None."""
+    if bench_dir is None:
+        return None
+    # Imported here: cv2 and the demo world load only when a report is written.
+    from gdo_core.demo_benchmark import benchmark_baselines
+
+    baselines = benchmark_baselines(bench_dir)
+    return C.chance_table(scores, baselines) if baselines else None
+
+
+def report_markdown(tables: C.ConvergenceTables, losses: pl.DataFrame, chance: pl.DataFrame | None = None) -> str:
     """The whole report as one markdown page."""
     parts = ["# Convergence report", "", *(f"- {line}" for line in C.headline(tables.summary)), ""]
     for title, table, digits in (
@@ -479,4 +493,16 @@ def report_markdown(tables: C.ConvergenceTables, losses: pl.DataFrame) -> str:
         ("Held-out loss, first and last checkpoint", losses, 3),
     ):
         parts += [f"## {title}", "", C.markdown(table, digits) if table.height else "(none)", ""]
+    if chance is not None:
+        parts += [
+            "## Final accuracy against chance",
+            "",
+            (
+                "Percent. chance: a uniform guess over the options; constant: the best single answer given "
+                "to every question; p <arm>: one-sided exact binomial p-value of that arm's score against chance."
+            ),
+            "",
+            C.markdown(C.p_values_as_text(chance)),
+            "",
+        ]
     return "\n".join(parts)

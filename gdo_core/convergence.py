@@ -9,7 +9,7 @@ the GDO 1x curve must reach, and its final samples_seen is what GDO's peak match
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +230,41 @@ def analyse(scores: pl.DataFrame) -> ConvergenceTables:
     scores = scores.select(list(S.SCORE_SCHEMA)).cast(S.SCORE_SCHEMA)
     return ConvergenceTables(
         summary_table(scores), subtask_table(scores), frontier_table(scores), ablation_table(scores)
+    )
+
+
+def chance_table(scores: pl.DataFrame, baselines: Mapping[str, Mapping[str, float]]) -> pl.DataFrame:
+    """Final accuracy per profile, benchmark and subtask, one column per arm, beside the subtask's
+    chance and constant-answer baselines (percent) and each arm's `above_chance_p` ('p <arm>')."""
+    last = scores.sort("step").group_by(["profile", "arm", "task", "subtask"], maintain_order=True).last()
+    wide = last.pivot(on="arm", index=["profile", "task", "subtask"], values="accuracy").sort(["profile", "task", "subtask"])
+    arms = [c for c in wide.columns if c not in ("profile", "task", "subtask")]
+
+    def p_value(subtask: str, accuracy: float | None) -> float | None:
+        base = baselines.get(subtask)
+        if accuracy is None or base is None or subtask == S.OVERALL:
+            return None  # overall mixes subtasks of different chance: no single binomial
+        n = int(base["questions"])
+        return above_chance_p(round(accuracy * n / 100), n, base["chance"] / 100)
+
+    return wide.with_columns(
+        **{
+            kind: pl.col("subtask").replace_strict(
+                {sub: b[kind] for sub, b in baselines.items()}, default=None, return_dtype=pl.Float64
+            )
+            for kind in ("chance", "constant")
+        },
+        **{
+            f"p {arm}": pl.Series([p_value(sub, acc) for sub, acc in zip(wide["subtask"], wide[arm])], dtype=pl.Float64)
+            for arm in arms
+        },
+    )
+
+
+def p_values_as_text(table: pl.DataFrame) -> pl.DataFrame:
+    """A chance_table with its p-value columns as text of 2 significant digits (markdown rounds floats)."""
+    return table.with_columns(
+        pl.col(c).map_elements(lambda v: f"{v:.2g}", return_dtype=pl.String) for c in table.columns if c.startswith("p ")
     )
 
 

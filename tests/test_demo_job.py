@@ -13,7 +13,7 @@ from gdo_core.demo import BENCHMARK_CATEGORIES, make_demo_pool
 from gdo_core.demo_settings import DEMO
 
 SMALL = dataclasses.replace(
-    DEMO, n_image_rows=40, n_videos=16, chunk_lines=1000, target_count=8, benchmark_questions=len(BENCHMARK_CATEGORIES),
+    DEMO, n_image_rows=40, n_videos=20, chunk_lines=1000, target_count=8, benchmark_questions=len(BENCHMARK_CATEGORIES),
     tnc_mode="regex",
 )
 
@@ -23,7 +23,7 @@ def test_demo_job_runs_end_to_end(tmp_path, monkeypatch):
     data_dir = tmp_path / "gdo"
     lines = []
     report = run_demo(data_dir, settings=SMALL, echo=lines.append)
-    expected = make_demo_pool(tmp_path / "again", seed=0, n_image_rows=40, n_videos=16)
+    expected = make_demo_pool(tmp_path / "again", seed=0, n_image_rows=SMALL.n_image_rows, n_videos=SMALL.n_videos)
     assert report["qa_per_bucket"] == {"image_qa": expected.n_image_qas, "short_video": expected.n_video_qas}
     assert report["rejects"] == sum(len(v) for v in expected.broken_lines.values())
     assert (data_dir / "tiny-model" / "config.json").is_file()

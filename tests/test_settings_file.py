@@ -35,7 +35,7 @@ from gdo_core.pool import chunk_key
 
 # The smallest demo of the tests (tests/test_demo_job.py).
 SMALL = dataclasses.replace(
-    DEMO, n_image_rows=40, n_videos=16, chunk_lines=1000, target_count=8, benchmark_questions=5, tnc_mode="regex",
+    DEMO, n_image_rows=40, n_videos=20, chunk_lines=1000, target_count=8, benchmark_questions=5, tnc_mode="regex",
 )
 
 

@@ -38,7 +38,7 @@ TARGET = 8  # GDO 1x; Uni-10x is 80
 def world(tmp_path_factory):
     """A small demo pool through ingestion, motion-only descriptors and the merge."""
     root = tmp_path_factory.mktemp("chain")
-    pool = make_demo_pool(root / "pool", seed=0, n_image_rows=40, n_videos=16)
+    pool = make_demo_pool(root / "pool", seed=0, n_image_rows=40, n_videos=20)
     data = root / "data"
     make_demo_benchmark(data / "demo-benchmark", n_questions=len(BENCHMARK_CATEGORIES))
     model = build_tiny_model(root / "model")
@@ -116,6 +116,12 @@ def test_chain_trains_scores_and_reports(world):
     uni_final = pl.read_parquet(scores_file(project, "temp_plus", S.ARM_UNI)).sort("step").filter(
         pl.col("subtask") == S.OVERALL)["accuracy"][-1]
     assert summary["uni_final"][0] == uni_final
+    # the local benchmark says what chance is, so the report sets each final score beside it
+    text = Path(rmeta["report"].value).read_text()
+    assert "## Final accuracy against chance" in text and "final_vs_chance" in rmeta
+    section = text.split("## Final accuracy against chance", 1)[1]
+    background = next(line for line in section.splitlines() if "| background " in line)
+    assert "| 50.0 " in background  # white or black: a guess is right half the time
 
     # the scores view answers through `gdo sql`'s read-only path
     db = project.path("gdo.duckdb")
