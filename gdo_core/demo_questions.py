@@ -8,15 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdo_core.demo_scenes import (
-    COLOURS,
-    DIRECTIONS,
-    SHAPES,
-    VIDEO_SIZE,
-    Clip,
-    Obj,
-    pick,
-)
+from gdo_core.demo_scenes import COLOURS, DIRECTIONS, SHAPES, VIDEO_SIZE, Clip, Obj, pick
 
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six")
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
