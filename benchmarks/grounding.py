@@ -37,7 +37,7 @@ import numpy as np
 import yaml
 
 from gdo_core import demo_scenes, demo_world
-from gdo_core.convergence import above_chance_p
+from gdo_core.convergence import accuracy_p_value
 from gdo_core.demo_benchmark import benchmark_baselines, make_demo_benchmark
 from gdo_core.evaluation import EvalLaunch, read_results, score_checkpoints
 from gdo_core.pool_read import read_pool
@@ -144,7 +144,7 @@ def main() -> None:
     chance = {k: v["chance"] for k, v in baselines.items()}
     # One-sided exact binomial p-value of each subtask's score against a uniform guess.
     p_values = {
-        sub: above_chance_p(round(acc * baselines[sub]["questions"] / 100), int(baselines[sub]["questions"]), chance[sub] / 100)
+        sub: accuracy_p_value(acc, int(baselines[sub]["questions"]), chance[sub])
         for sub, acc in scores.items()
         if sub in baselines and sub != "overall"
     }

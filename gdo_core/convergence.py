@@ -87,6 +87,11 @@ def above_chance_p(correct: int, questions: int, chance: float) -> float:
     return min(1.0, sum(math.comb(questions, k) * chance**k * (1 - chance) ** (questions - k) for k in range(correct, questions + 1)))
 
 
+def accuracy_p_value(accuracy: float, questions: int, chance: float) -> float:
+    """`above_chance_p` of an accuracy in percent over `questions` questions against a chance in percent."""
+    return above_chance_p(round(accuracy * questions / 100), questions, chance / 100)
+
+
 def arm_curve(scores: pl.DataFrame, profile: str, arm: str, task: str, subtask: str = S.OVERALL) -> list[tuple[int, float]]:
     """(samples_seen, accuracy) of one arm's checkpoints on one benchmark, in step order."""
     rows = scores.filter(
@@ -244,8 +249,7 @@ def chance_table(scores: pl.DataFrame, baselines: Mapping[str, Mapping[str, floa
         base = baselines.get(subtask)
         if accuracy is None or base is None or subtask == S.OVERALL:
             return None  # overall mixes subtasks of different chance: no single binomial
-        n = int(base["questions"])
-        return above_chance_p(round(accuracy * n / 100), n, base["chance"] / 100)
+        return accuracy_p_value(accuracy, int(base["questions"]), base["chance"])
 
     return wide.with_columns(
         **{

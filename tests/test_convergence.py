@@ -165,6 +165,12 @@ def test_above_chance_p_matches_scipy_binomial_tail():
         assert C.above_chance_p(correct, questions, chance) == pytest.approx(binom.sf(correct - 1, questions, chance))
 
 
+def test_accuracy_p_value_counts_the_right_answers():
+    # 50% of 20 questions is 10 right: the same tail as above_chance_p(10, 20, 0.25)
+    assert C.accuracy_p_value(50.0, 20, 25.0) == pytest.approx(C.above_chance_p(10, 20, 0.25))
+    assert C.accuracy_p_value(100.0, 20, 50.0) == pytest.approx(0.5**20)
+
+
 def test_above_chance_p_rejects_impossible_counts():
     with pytest.raises(ValueError, match="correct <= questions"):
         C.above_chance_p(5, 4, 0.25)
