@@ -354,26 +354,36 @@ def fit_kmeans(
     `clusters` rows.
     """
     # Imported here, so that loading the Dagster definitions does not pay for sklearn.
-    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.cluster import MiniBatchKMeans, kmeans_plusplus
 
     rows = row_count(shard_paths)
     batch_rows = max(batch_size, clusters)
     passes, _ = kmeans_schedule(rows, batch_rows)
-    model = MiniBatchKMeans(
-        n_clusters=clusters,
-        batch_size=batch_rows,
-        random_state=seed,
-        n_init=1,
-        compute_labels=False,
-    )
+    model: MiniBatchKMeans | None = None
     steps = 0
     with warnings.catch_warnings():
         # Duplicate feature rows can leave fewer distinct centres than k; that is not an error here.
         warnings.filterwarnings("ignore", message=".*[Nn]umber of distinct clusters.*")
         for _ in range(passes):
             for batch in iter_batches(shard_paths, FEATURE_INPUT_COLUMNS, batch_rows):
-                model.partial_fit(feature_matrix(batch, stats))
+                features = feature_matrix(batch, stats)
+                if model is None:
+                    # k-means++ seeds on the first batch in double precision: sklearn computes a
+                    # float32 batch's seeding distances in chunks upcast to float64, twice as slow.
+                    centres, _ = kmeans_plusplus(
+                        features.astype(np.float64), clusters, random_state=seed
+                    )
+                    model = MiniBatchKMeans(
+                        n_clusters=clusters,
+                        init=centres.astype(np.float32),
+                        batch_size=batch_rows,
+                        random_state=seed,
+                        n_init=1,
+                        compute_labels=False,
+                    )
+                model.partial_fit(features)
                 steps += 1
+    assert model is not None  # rows >= clusters >= 1: there was a batch
     return model, passes, steps
 
 
