@@ -30,7 +30,7 @@ from gdo_assets.merge import (
 )
 from gdo_assets.pool import QA_DIR, REJECTS_DIR, PoolSync, sync_partitions
 from gdo_assets.project import GdoProject
-from gdo_assets.subsets import GOAL_SUBSETS, goal_profiles, members_path, subsets_stamp_fields
+from gdo_assets.subsets import GOAL_SUBSETS, goal_profiles, members_path, shared_reads, subsets_stamp_fields
 from gdo_core.pool_index import ChunkPlan, chunk_outputs, orphan_keys, plan_chunks, read_stamp
 
 CHUNK_DIRS = (QA_DIR, REJECTS_DIR, SHARDS_DIR)
@@ -217,22 +217,23 @@ def run_backfill(
             echo(f"merge checks failed: {', '.join(failed)}; the subsets are not rebuilt")
             return report
         echo(f"merged descriptors ({_metadata(done[0], DESCRIPTORS).get('rows')} rows)")
-    for profile in plan_subsets(project, False) if plan.merge is not None else plan.subsets:
-        config = _stamped_config(read_stamp(members_path(project, profile)))
-        done = run(
-            JOB_SUBSETS,
-            f"{GOAL_SUBSETS}[{profile}]",
-            GOAL_SUBSETS,
-            partition_key=profile,
-            run_config={"ops": {GOAL_SUBSETS: {"config": config}}} if config else None,
-        )
-        if done is None:
-            return report
-        report.subsets.append(profile)
-        failed = sorted(name for name, passed in done[1].items() if not passed)
-        if failed:
-            report.subset_checks_failed[profile] = failed
-        echo(f"built goal_subsets[{profile}]" + (f" (checks failed: {', '.join(failed)})" if failed else ""))
+    with shared_reads():  # the profiles' runs read the ingested pool and the metrics once
+        for profile in plan_subsets(project, False) if plan.merge is not None else plan.subsets:
+            config = _stamped_config(read_stamp(members_path(project, profile)))
+            done = run(
+                JOB_SUBSETS,
+                f"{GOAL_SUBSETS}[{profile}]",
+                GOAL_SUBSETS,
+                partition_key=profile,
+                run_config={"ops": {GOAL_SUBSETS: {"config": config}}} if config else None,
+            )
+            if done is None:
+                return report
+            report.subsets.append(profile)
+            failed = sorted(name for name, passed in done[1].items() if not passed)
+            if failed:
+                report.subset_checks_failed[profile] = failed
+            echo(f"built goal_subsets[{profile}]" + (f" (checks failed: {', '.join(failed)})" if failed else ""))
     return report
 
 

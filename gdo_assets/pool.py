@@ -47,6 +47,7 @@ from gdo_core.pool_index import (
     read_span,
     write_stamp,
 )
+from gdo_core.pool_profile import with_answer_distinct
 from gdo_core.pool_stats import pool_profile as compute_pool_profile
 
 QA_DIR = ("pool", "qa")
@@ -181,7 +182,8 @@ def parse_chunk(context: AssetExecutionContext, gdo: GdoProject) -> MaterializeR
     qa_path = gdo.path(*QA_DIR, f"{key}.parquet")
     rejects_path = gdo.path(*REJECTS_DIR, f"{key}.parquet")
     drop_stamp(qa_path)
-    write_parquet_atomic(result.qa, qa_path)
+    # The answers' token counts ride along, so no subset build has to count them again.
+    write_parquet_atomic(with_answer_distinct(result.qa), qa_path)
     write_parquet_atomic(result.rejects, rejects_path)
     write_stamp(
         qa_path,

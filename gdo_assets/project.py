@@ -31,7 +31,7 @@ DB_FILE = ("gdo.duckdb",)
 # The pool index (gdo_core.pool_index): every live chunk's byte range and fingerprint.
 INDEX_FILE = ("pool", "index.json")
 # Bump when a change to the pool parser changes the QA rows it gives: every chunk goes stale.
-PARSE_REVISION = 1
+PARSE_REVISION = 2  # 2: chunks carry answer_distinct
 
 
 class GdoProject(ConfigurableResource):

@@ -9,6 +9,8 @@ SFT files, report.json, profile.json and its members as Parquet (the `subset_mem
 import base64
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from gdo_assets.pool import QA_DIR
 from gdo_assets.project import DB_FILE, GdoProject
 from gdo_core import schema as S
 from gdo_core.build import BuildResult, build_from_pool, load_metrics
+from gdo_core.metrics_file import MetricsTable
+from gdo_core.pool_profile import ANSWER_DISTINCT
 from gdo_core.candidate_score import Ablations
 from gdo_core.pool_index import content_key, read_stamp, write_stamp
 from gdo_core.profiles import available_profiles, load_profile, profiles_dir_from_env
@@ -101,15 +105,61 @@ def member_files(project: GdoProject) -> list[Path]:
 
 def scan_ordered_qa(project: GdoProject) -> pl.DataFrame:
     """Every live chunk's QA rows (the pool index), in the scan order of `gdo build`: pool files as
-    configured, chunks by index. A retired chunk's leftover file is not read."""
+    configured, chunks by index, low-cardinality columns Categorical as `gdo build` holds them, and
+    the chunks' `answer_distinct` counts when every chunk has them. A retired chunk's leftover file
+    is not read. Inside `shared_reads()` a second call on unchanged files returns the same table."""
     folder = project.path(*QA_DIR)
     paths = [folder / f"{key}.parquet" for key in project.pool_index()[0].chunk_keys()]
-    frames = [pl.read_parquet(path) for path in paths if path.is_file()]
-    if not frames:
+    paths = [path for path in paths if path.is_file()]
+    if not paths:
         raise FileNotFoundError(
             f"{folder}: no ingested QA chunks; materialize candidate_pool first"
         )
-    return pl.concat(frames).select(list(S.QA_SCHEMA))
+    return _shared("qa", paths, lambda: _read_qa(paths))
+
+
+def _read_qa(paths: list[Path]) -> pl.DataFrame:
+    # Chunks ingested before they carried answer_distinct leave it null: the build counts it then.
+    qa = pl.concat([pl.read_parquet(path) for path in paths], how="diagonal_relaxed")
+    extra = [ANSWER_DISTINCT] if ANSWER_DISTINCT in qa.columns else []
+    return qa.select(
+        *(pl.col(name).cast(pl.Categorical) if name in S.LOW_CARD_COLUMNS else pl.col(name) for name in S.QA_SCHEMA),
+        *extra,
+    )
+
+
+def load_merged_metrics(db: Path, strict: bool) -> MetricsTable:
+    """The merged descriptors as the selection reads them (shared inside `shared_reads()`)."""
+    # Prepared for the mode its strictness goes with (default: strict), as `gdo build` prepares it.
+    mode = "default" if strict else "published"
+    return _shared(f"metrics:{strict}", [db], lambda: load_metrics(db, strict=strict).with_prepared(mode))
+
+
+_SHARED_READS: dict[str, tuple[Any, Any]] | None = None  # what -> (files' facts, value)
+
+
+@contextmanager
+def shared_reads() -> Iterator[None]:
+    """Within the block, builds in this process (one profile after another, as a backfill runs
+    them) read the ingested pool and the merged metrics once while their files are unchanged."""
+    global _SHARED_READS
+    outer, _SHARED_READS = _SHARED_READS, {}
+    try:
+        yield
+    finally:
+        _SHARED_READS = outer
+
+
+def _shared(what: str, paths: list[Path], read: Callable[[], Any]) -> Any:
+    """read(), or its value from an earlier call in the same shared_reads() on files with the same
+    path, inode, size and modification time."""
+    if _SHARED_READS is None:
+        return read()
+    facts = [(str(p), st.st_ino, st.st_size, st.st_mtime_ns) for p in paths for st in [p.stat()]]
+    held = _SHARED_READS.get(what)
+    if held is None or held[0] != facts:
+        _SHARED_READS[what] = held = (facts, read())
+    return held[1]
 
 
 def members_path(project: GdoProject, profile: str) -> Path:
@@ -129,7 +179,7 @@ def build_profile_subsets(
     """One profile's GDO 1x and Uni-10x (and report, members) from the ingested chunks and merged descriptors."""
     profile = load_profile(name, profiles_dir_from_env())
     db = project.path(*DB_FILE)
-    metrics = load_metrics(db, strict=config.compat is None) if db.is_file() else None
+    metrics = load_merged_metrics(db, strict=config.compat is None) if db.is_file() else None
     return build_from_pool(
         scan_ordered_qa(project) if qa is None else qa,
         profile,
@@ -327,7 +377,7 @@ def goal_subsets(
     hc = report["hard_constraints"]
     gdo_summary = report["filtered_summary"]
     temporal = dict(
-        qa.select("qa_uid", "temporal_category")
+        qa.select("qa_uid", pl.col("temporal_category").cast(pl.String))
         .join(
             result.members.filter(pl.col("arm") == "gdo").select("qa_uid"), on="qa_uid", how="semi"
         )

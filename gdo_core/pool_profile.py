@@ -120,6 +120,11 @@ def answer_distinct_tokens(qa: pl.DataFrame) -> np.ndarray:
     return distinct_answer_tokens(qa["answer"], qa["answer_len"].to_numpy())
 
 
+def with_answer_distinct(qa: pl.DataFrame) -> pl.DataFrame:
+    """The QA table with its `answer_distinct` column, counted once where a chunk is parsed."""
+    return qa.with_columns(pl.Series(ANSWER_DISTINCT, answer_distinct_tokens(qa), dtype=pl.Int32))
+
+
 def score_inputs(
     qa: pl.DataFrame, prof: PoolProfile, distinct_answer: np.ndarray | None = None
 ) -> ScoreInputs:
